@@ -1,0 +1,13 @@
+"""bpkernels: binary neural networks trained by belief-propagation message passing.
+
+Fused C++/CUDA kernels for the BP, BPI, AMP and MF updates of Lucibello et al. (2022), drop-in
+layers, a trainer and Bayesian predictions from the weight marginals.
+"""
+
+from . import _C  # noqa: F401  (loads the library; its static initialisers register the ops)
+from . import _ops  # noqa: F401  (fake kernels)
+from . import ops, reference
+
+__version__ = "0.1.0"
+
+__all__ = ["ops", "reference", "__version__"]

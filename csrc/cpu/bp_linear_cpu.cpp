@@ -1,0 +1,329 @@
+// CPU kernels of the dense-layer message updates: element-wise prologues/epilogues, the output
+// functions, the fused BPI cavity backward and the field / reinforcement / damping update.
+// Multithreaded with at::parallel_for (OpenMP); inner loops are `omp simd` over the batch.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "bpkernels/binary_bp.h"
+#include "checks.h"
+#include "cpu/coef_rows.h"
+#include "linear_composite.h"
+
+namespace bpk {
+namespace {
+
+// Element-wise work below this many elements runs on one thread.
+constexpr int64_t kGrainElems = 16384;
+
+at::Tensor contiguous_or_null(const std::optional<at::Tensor>& t) {
+  return t ? t->contiguous() : at::Tensor();
+}
+
+// ---- x̂ = tanh(u + b), Δ = 1 − x̂² ------------------------------------------------------
+
+std::tuple<at::Tensor, at::Tensor> linear_input_cpu(const at::Tensor& u,
+                                                    const std::optional<at::Tensor>& b) {
+  ArgChecker check("bp_linear_input", u, "u");
+  check(u, "u", {kAny, kAny}, "[B, N]");
+  if (b) check(*b, "b", {u.size(0), u.size(1)}, "[B, N]");
+  const at::Tensor uc = u.contiguous(), bc = contiguous_or_null(b);
+  at::Tensor x_hat = at::empty_like(uc), delta = at::empty_like(uc);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "bp_linear_input", [&] {
+    const scalar_t* pu = uc.const_data_ptr<scalar_t>();
+    const scalar_t* pb = bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* px = x_hat.mutable_data_ptr<scalar_t>();
+    scalar_t* pd = delta.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, uc.numel(), kGrainElems, [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e) {
+        input_moments<scalar_t>(pu[e], pb ? pb[e] : scalar_t(0), px[e], pd[e]);
+      }
+    });
+  });
+  return {x_hat, delta};
+}
+
+// ---- forward epilogue: V += ε, u = U(ω, √V) ---------------------------------------------
+
+void fwd_epilogue_cpu(const at::Tensor& omega, at::Tensor& var, at::Tensor& u) {
+  AT_DISPATCH_FLOATING_TYPES(omega.scalar_type(), "bp_fwd_epilogue", [&] {
+    const scalar_t* po = omega.const_data_ptr<scalar_t>();
+    scalar_t* pv = var.mutable_data_ptr<scalar_t>();
+    scalar_t* pu = u.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, omega.numel(), kGrainElems / 16, [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e) {
+        pv[e] += scalar_t(kVarEps);
+        pu[e] = upfield<scalar_t>(po[e], std::sqrt(pv[e]));
+      }
+    });
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_fwd_cpu(
+    const at::Tensor& x_hat, const std::optional<at::Tensor>& delta, const at::Tensor& mag,
+    const at::Tensor& sigma) {
+  return linear_fwd(x_hat, delta, mag, sigma, &fwd_epilogue_cpu);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_fwd_amp_cpu(
+    const at::Tensor& x_hat, const std::optional<at::Tensor>& delta, const at::Tensor& mag,
+    const at::Tensor& sigma, const at::Tensor& g_old, const at::Tensor& x_hat_old,
+    const at::Tensor& mag_old) {
+  return linear_fwd_amp(x_hat, delta, mag, sigma, g_old, x_hat_old, mag_old, &fwd_epilogue_cpu);
+}
+
+// u = U(ω, √V)
+at::Tensor upfield_cpu(const at::Tensor& omega, const at::Tensor& var) {
+  ArgChecker check("bp_upfield", omega, "omega");
+  check(omega, "omega", {kAny, kAny}, "[B, K]");
+  check(var, "var", {omega.size(0), omega.size(1)}, "[B, K]");
+  const at::Tensor oc = omega.contiguous(), vc = var.contiguous();
+  at::Tensor u = at::empty_like(oc);
+  AT_DISPATCH_FLOATING_TYPES(omega.scalar_type(), "bp_upfield", [&] {
+    const scalar_t* po = oc.const_data_ptr<scalar_t>();
+    const scalar_t* pv = vc.const_data_ptr<scalar_t>();
+    scalar_t* pu = u.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, oc.numel(), kGrainElems / 16, [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e) pu[e] = upfield<scalar_t>(po[e], std::sqrt(pv[e]));
+    });
+  });
+  return u;
+}
+
+// ---- output function g and curvature Γ ----------------------------------------------------
+
+std::tuple<at::Tensor, at::Tensor> output_cpu(const at::Tensor& b_top, const at::Tensor& omega,
+                                              const at::Tensor& var, bool hard) {
+  ArgChecker check("bp_output", omega, "omega");
+  check(omega, "omega", {kAny, kAny}, "[B, K]");
+  check(var, "var", {omega.size(0), omega.size(1)}, "[B, K]");
+  check(b_top, "b_top", {omega.size(0), omega.size(1)}, "[B, K]");
+  const at::Tensor bc = b_top.contiguous(), oc = omega.contiguous(), vc = var.contiguous();
+  at::Tensor g = at::empty_like(oc), gamma = at::empty_like(oc);
+  AT_DISPATCH_FLOATING_TYPES(omega.scalar_type(), "bp_output", [&] {
+    const scalar_t* pb = bc.const_data_ptr<scalar_t>();
+    const scalar_t* po = oc.const_data_ptr<scalar_t>();
+    const scalar_t* pv = vc.const_data_ptr<scalar_t>();
+    scalar_t* pg = g.mutable_data_ptr<scalar_t>();
+    scalar_t* pG = gamma.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, oc.numel(), kGrainElems / 16, [&](int64_t begin, int64_t end) {
+      for (int64_t e = begin; e < end; ++e) {
+        const scalar_t s = std::sqrt(pv[e]);
+        pg[e] = hard ? output_g_hard(output_coef_hard(pb[e], s), po[e])
+                     : output_g(output_coef(pb[e], s), po[e]);
+        pG[e] = output_gamma(pg[e], po[e], pv[e]);
+      }
+    });
+  });
+  return {g, gamma};
+}
+
+// ArgMax layer: for each sample a with class c, g[a,k] for k ≠ c and g[a,c] = −Σ_{k≠c} g[a,k].
+at::Tensor argmax_output_cpu(const at::Tensor& omega, const at::Tensor& var,
+                             const at::Tensor& labels) {
+  ArgChecker check("bp_argmax_output", omega, "omega");
+  check(omega, "omega", {kAny, kAny}, "[B, K]");
+  const int64_t B = omega.size(0), K = omega.size(1);
+  check(var, "var", {B, K}, "[B, K]");
+  TORCH_CHECK(labels.scalar_type() == at::kLong && labels.dim() == 1 && labels.size(0) == B,
+              "bp_argmax_output: labels must be an int64 tensor of shape [B] = [", B, "], got ",
+              labels.scalar_type(), " ", labels.sizes());
+  TORCH_CHECK(labels.device() == omega.device(),
+              "bp_argmax_output: labels must be on device ", omega.device());
+  const at::Tensor oc = omega.contiguous(), vc = var.contiguous(), lc = labels.contiguous();
+  const int64_t* pl = lc.const_data_ptr<int64_t>();
+  for (int64_t a = 0; a < B; ++a) {
+    TORCH_CHECK(pl[a] >= 0 && pl[a] < K, "bp_argmax_output: label ", pl[a], " of sample ", a,
+                " is outside [0, ", K, ")");
+  }
+  at::Tensor g = at::empty_like(oc);
+  AT_DISPATCH_FLOATING_TYPES(omega.scalar_type(), "bp_argmax_output", [&] {
+    const scalar_t* po = oc.const_data_ptr<scalar_t>();
+    const scalar_t* pv = vc.const_data_ptr<scalar_t>();
+    scalar_t* pg = g.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, B, std::max<int64_t>(1, 1024 / K), [&](int64_t begin, int64_t end) {
+      for (int64_t a = begin; a < end; ++a) {
+        const int64_t c = pl[a];
+        const scalar_t* o = po + a * K;
+        const scalar_t* v = pv + a * K;
+        scalar_t* ga = pg + a * K;
+        scalar_t sum = 0;
+        for (int64_t k = 0; k < K; ++k) {
+          if (k == c) continue;
+          ga[k] = argmax_g_wrong_class(o[c], o[k], v[c], v[k]);
+          sum += ga[k];
+        }
+        ga[c] = -sum;
+      }
+    });
+  });
+  return g;
+}
+
+// ---- fused BPI cavity backward ------------------------------------------------------------
+//
+// For each weight (k, i) and sample a, with ĝ[k,i,a] = g(b_top[a,k], ω[a,k] − m[k,i] x̂[a,i], s[a,k]):
+//   H_in[k,i] = Σ_a ĝ[k,i,a] x̂[a,i],    b[a,i] = Σ_k m[k,i] ĝ[k,i,a].
+// ĝ lives in registers only. Threads own disjoint tiles of inputs i, so both reductions are
+// race-free and deterministic; inside a tile the loop runs k outer, i, then a innermost over
+// contiguous [·, B] rows (coefficients of unit k, x̂ and b of input i), vectorised by omp simd.
+
+template <typename T, bool kHard, bool kComputeB>
+void bpi_cavity_tile(int64_t i0, int64_t i1, int64_t K, int64_t N, int64_t B,
+                     const CoefRows<T>& rows,
+                     const T* x_t,  // [N, B]
+                     const T* mag,  // [K, N]
+                     T* b_t,        // [N, B], accumulated
+                     T* h_in) {     // [K, N]
+  for (int64_t k = 0; k < K; ++k) {
+    const T* alpha = rows.alpha.data() + k * B;
+    const T* c = rows.c.data() + k * B;
+    const T* num = rows.num.data() + k * B;
+    const T* om = rows.omega.data() + k * B;
+    for (int64_t i = i0; i < i1; ++i) {
+      const T m = mag[k * N + i];
+      const T* x = x_t + i * B;
+      T* bi = b_t + i * B;
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t a = 0; a < B; ++a) {
+        const OutputCoef<T> coef{alpha[a], c[a], num[a]};
+        const T omega_cav = om[a] - m * x[a];
+        const T g_cav = kHard ? output_g_hard(coef, omega_cav) : output_g(coef, omega_cav);
+        acc += g_cav * x[a];
+        if (kComputeB) bi[a] += m * g_cav;
+      }
+      h_in[k * N + i] = acc;
+    }
+  }
+}
+
+template <typename T, bool kHard, bool kComputeB>
+void bpi_cavity(int64_t K, int64_t N, int64_t B, const CoefRows<T>& rows, const T* x_t,
+                const T* mag, T* b_t, T* h_in) {
+  // Tile of inputs: keeps the x̂ and b rows of the tile (2 · tile · B values) in L1/L2.
+  const int64_t tile = std::max<int64_t>(1, std::min<int64_t>(16, 2048 / B));
+  at::parallel_for(0, N, tile, [&](int64_t begin, int64_t end) {
+    for (int64_t i0 = begin; i0 < end; i0 += tile) {
+      bpi_cavity_tile<T, kHard, kComputeB>(i0, std::min(end, i0 + tile), K, N, B, rows, x_t, mag,
+                                           b_t, h_in);
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_bwd_bpi_cpu(const at::Tensor& b_top,
+                                                      const at::Tensor& omega,
+                                                      const at::Tensor& var,
+                                                      const at::Tensor& x_hat,
+                                                      const at::Tensor& mag, bool hard,
+                                                      bool compute_b) {
+  ArgChecker check("bp_linear_bwd_bpi", x_hat, "x_hat");
+  check(x_hat, "x_hat", {kAny, kAny}, "[B, N]");
+  const int64_t B = x_hat.size(0), N = x_hat.size(1);
+  TORCH_CHECK(B > 0, "bp_linear_bwd_bpi: the batch is empty (x_hat has B = 0 rows)");
+  check(mag, "mag", {kAny, N}, "[K, N]");
+  const int64_t K = mag.size(0);
+  check(omega, "omega", {B, K}, "[B, K]");
+  check(var, "var", {B, K}, "[B, K]");
+  check(b_top, "b_top", {B, K}, "[B, K]");
+
+  const at::Tensor x_t = x_hat.t().contiguous();
+  const at::Tensor mc = mag.contiguous();
+  const at::Tensor bc = b_top.contiguous(), oc = omega.contiguous(), vc = var.contiguous();
+  at::Tensor h_in = at::empty({K, N}, x_hat.options());
+  at::Tensor b_t = compute_b ? at::zeros({N, B}, x_hat.options()) : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES(x_hat.scalar_type(), "bp_linear_bwd_bpi", [&] {
+    const CoefRows<scalar_t> rows =
+        make_coef_rows(bc.const_data_ptr<scalar_t>(), oc.const_data_ptr<scalar_t>(),
+                       vc.const_data_ptr<scalar_t>(), B, K, hard);
+    const scalar_t* px = x_t.const_data_ptr<scalar_t>();
+    const scalar_t* pm = mc.const_data_ptr<scalar_t>();
+    scalar_t* ph = h_in.mutable_data_ptr<scalar_t>();
+    scalar_t* pb = compute_b ? b_t.mutable_data_ptr<scalar_t>() : nullptr;
+    if (hard && compute_b) bpi_cavity<scalar_t, true, true>(K, N, B, rows, px, pm, pb, ph);
+    if (hard && !compute_b) bpi_cavity<scalar_t, true, false>(K, N, B, rows, px, pm, pb, ph);
+    if (!hard && compute_b) bpi_cavity<scalar_t, false, true>(K, N, B, rows, px, pm, pb, ph);
+    if (!hard && !compute_b) bpi_cavity<scalar_t, false, false>(K, N, B, rows, px, pm, pb, ph);
+  });
+  at::Tensor b = compute_b ? b_t.t().contiguous() : x_hat.new_empty({B, 0});
+  return {b, h_in};
+}
+
+// ---- field / reinforcement / damping update -----------------------------------------------
+//
+//   H ← H_in + r H + ρ H_prior,  m ← [ψ m + (1 − ψ) tanh H] · mask        (damp_field = False)
+//   H ← ψ H + (1 − ψ)(H_in + r H + ρ H_prior),  m ← tanh(H) · mask         (damp_field = True)
+//   σ ← (1 − m²) · mask;   returns δ = mean |m_new − m_old| (0-dim).
+// H_prior = None means H_prior = H (the prior of the first inner iteration, θ = ρH).
+// δ is summed over fixed chunks in a fixed order, so it does not depend on the thread count.
+
+at::Tensor field_update_cpu(at::Tensor& field, at::Tensor& mag, at::Tensor& sigma,
+                            const at::Tensor& h_in, const std::optional<at::Tensor>& field_prior,
+                            const std::optional<at::Tensor>& mask, double rho, double r,
+                            double psi, bool damp_field) {
+  ArgChecker check("bp_field_update_", field, "field");
+  check.inplace(field, "field", {kAny, kAny}, "[K, N]");
+  const int64_t K = field.size(0), N = field.size(1);
+  check.inplace(mag, "mag", {K, N}, "[K, N]");
+  check.inplace(sigma, "sigma", {K, N}, "[K, N]");
+  check(h_in, "h_in", {K, N}, "[K, N]");
+  if (field_prior) check(*field_prior, "field_prior", {K, N}, "[K, N]");
+  if (mask) check(*mask, "mask", {K, N}, "[K, N]");
+  const at::Tensor hc = h_in.contiguous(), pc = contiguous_or_null(field_prior),
+                   mkc = contiguous_or_null(mask);
+  const int64_t numel = field.numel();
+  constexpr int64_t kChunk = 4096;
+  const int64_t n_chunks = (numel + kChunk - 1) / kChunk;
+  std::vector<double> partial(n_chunks, 0.0);
+
+  AT_DISPATCH_FLOATING_TYPES(field.scalar_type(), "bp_field_update_", [&] {
+    scalar_t* pH = field.mutable_data_ptr<scalar_t>();
+    scalar_t* pm = mag.mutable_data_ptr<scalar_t>();
+    scalar_t* ps = sigma.mutable_data_ptr<scalar_t>();
+    const scalar_t* ph = hc.const_data_ptr<scalar_t>();
+    const scalar_t* pp = pc.defined() ? pc.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pk = mkc.defined() ? mkc.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t rho_t = rho, r_t = r, psi_t = psi;
+    at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t chunk = c0; chunk < c1; ++chunk) {
+        const int64_t e1 = std::min(numel, (chunk + 1) * kChunk);
+        double change = 0;
+        for (int64_t e = chunk * kChunk; e < e1; ++e) {
+          const scalar_t prior = pp ? pp[e] : pH[e];
+          const scalar_t msk = pk ? pk[e] : scalar_t(1);
+          const scalar_t m_new =
+              damp_field ? field_update_damped_field(pH[e], ph[e], prior, msk, rho_t, r_t, psi_t)
+                         : field_update(pH[e], ph[e], prior, pm[e], msk, rho_t, r_t, psi_t);
+          change += std::fabs(static_cast<double>(m_new - pm[e]));
+          pm[e] = m_new;
+          ps[e] = (scalar_t(1) - m_new * m_new) * msk;
+        }
+        partial[chunk] = change;
+      }
+    });
+  });
+  double total = 0;
+  for (double p : partial) total += p;
+  return at::scalar_tensor(numel ? total / numel : 0.0, field.options());
+}
+
+}  // namespace
+
+}  // namespace bpk
+
+TORCH_LIBRARY_IMPL(bpkernels, CPU, m) {
+  m.impl("bp_linear_input", &bpk::linear_input_cpu);
+  m.impl("bp_linear_fwd", &bpk::linear_fwd_cpu);
+  m.impl("bp_linear_fwd_amp", &bpk::linear_fwd_amp_cpu);
+  m.impl("bp_upfield", &bpk::upfield_cpu);
+  m.impl("bp_output", &bpk::output_cpu);
+  m.impl("bp_argmax_output", &bpk::argmax_output_cpu);
+  m.impl("bp_linear_bwd_mf", &bpk::linear_bwd_mf);
+  m.impl("bp_linear_bwd_amp", &bpk::linear_bwd_amp);
+  m.impl("bp_linear_bwd_bpi", &bpk::linear_bwd_bpi_cpu);
+  m.impl("bp_field_update_", &bpk::field_update_cpu);
+  m.impl("bp_bayes_fwd", &bpk::bayes_fwd);
+}

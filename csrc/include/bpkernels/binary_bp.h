@@ -1,0 +1,131 @@
+// Scalar message-passing maths for layers of ±1 weights and sign activations
+// (spec ALGORITHMS.md §2–§6). Torch-free: the CPU kernels loop over these functions and the
+// CUDA kernels call them per thread, so every backend evaluates the same formulas.
+#pragma once
+#include <cmath>
+#include <limits>
+
+#include "bpkernels/macros.h"
+#include "bpkernels/special.h"
+
+namespace bpk {
+
+// ε added to every preactivation variance V (spec §4.0, pitfall §10.3).
+constexpr double kVarEps = 1e-8;
+constexpr double kSqrt2OverPi = 0.79788456080286535588;  // √(2/π)
+constexpr double kInvSqrt2 = 0.70710678118654752440;     // 1/√2
+constexpr double kLn2 = 0.69314718055994530942;
+
+template <typename T>
+BPK_HD T inf_value() {
+  return std::numeric_limits<T>::infinity();
+}
+
+// Input moments of a hidden layer from the upward field of the layer below and this layer's
+// downward field:  x̂ = tanh(u + b),  Δ = 1 − x̂².
+template <typename T>
+BPK_HD void input_moments(T u, T b, T& x_hat, T& delta) {
+  x_hat = std::tanh(u + b);
+  delta = T(1) - x_hat * x_hat;
+}
+
+// Upward field (half log-odds of the next activation) of a preactivation z ~ N(ω, s²):
+//   U(ω, s) = atanh erf(ω / (√2 s)).
+// With y = |ω|/(√2 s) it is evaluated as
+//   y < 1/2:  sgn(ω) atanh(erf y)
+//   y ≥ 1/2:  sgn(ω) · ½ [ln 2 + log1p(−½ erfcx(y) e^{−y²}) − ln erfcx(y) + y²],
+// which never rounds erf to 1 and grows like ω²/(2s²) (spec §2.2, pitfall §10.2).
+template <typename T>
+BPK_HD T upfield(T omega, T s) {
+  const T y = std::fabs(omega) * (T(kInvSqrt2) / s);
+  T mag;
+  if (y < T(0.5)) {
+    mag = std::atanh(std::erf(y));
+  } else {
+    const T ex = erfcx(y);
+    mag = T(0.5) * (T(kLn2) + std::log1p(T(-0.5) * ex * std::exp(-y * y)) - std::log(ex) + y * y);
+  }
+  return omega < T(0) ? -mag : mag;
+}
+
+// Per-(unit, sample) constants of the sign-unit output function g(b, ω, s) (spec §2.2).
+// With ς = sgn b, t = tanh b and z = −ς ω / s, the log-domain form is
+//   g = (ς √(2/π) / s) / [exp(z²/2 + c) + erfcx(z/√2)],   c = ln((1 − |t|)/|t|),
+// so writing x = z/√2 = alpha·ω with alpha = −ς/(√2 s):
+//   g = num / [exp(x² + c) + erfcx(x)],   num = ς √(2/π) / s.
+// A hard label y = ±1 (b = ±∞) is c = −∞; b = 0 is c = +∞ (g = 0).
+template <typename T>
+struct OutputCoef {
+  T alpha;  // −ς / (√2 s)
+  T c;      // ln((1 − |tanh b|) / |tanh b|)
+  T num;    // ς √(2/π) / s
+};
+
+// c = ln((1 − |t|)/|t|) = ln 2 − 2|b| − log1p(−e^{−2|b|}), exact for every |b| including ±∞.
+template <typename T>
+BPK_HD T soft_label_log_ratio(T b) {
+  const T ab = std::fabs(b);
+  return T(kLn2) - T(2) * ab - std::log1p(-std::exp(T(-2) * ab));
+}
+
+// Coefficients for a finite or infinite downward field b on the unit's output.
+template <typename T>
+BPK_HD OutputCoef<T> output_coef(T b, T s) {
+  const T sgn = b < T(0) ? T(-1) : T(1);
+  return {-sgn * T(kInvSqrt2) / s, soft_label_log_ratio(b), sgn * T(kSqrt2OverPi) / s};
+}
+
+// Coefficients for a hard label y = ±1 (the perceptron channel, b = y·∞).
+template <typename T>
+BPK_HD OutputCoef<T> output_coef_hard(T y, T s) {
+  const T sgn = y < T(0) ? T(-1) : T(1);
+  return {-sgn * T(kInvSqrt2) / s, -inf_value<T>(), sgn * T(kSqrt2OverPi) / s};
+}
+
+// g at preactivation mean ω (cavity or not) for a soft field:
+//   g = num / [exp(x² + c) + erfcx(x)],  x = alpha ω.
+template <typename T>
+BPK_HD T output_g(const OutputCoef<T>& k, T omega) {
+  const T x = k.alpha * omega;
+  return k.num / (vexp(x * x + k.c) + erfcx(x));
+}
+
+// g for a hard label (c = −∞):  g = num / erfcx(x).
+template <typename T>
+BPK_HD T output_g_hard(const OutputCoef<T>& k, T omega) {
+  return k.num / erfcx(k.alpha * omega);
+}
+
+// Curvature Γ = −∂g/∂ω = g (ω/V + g), valid for every finite or infinite b (spec §2.2).
+template <typename T>
+BPK_HD T output_gamma(T g, T omega, T var) {
+  return g * (omega / var + g);
+}
+
+// ArgMax output layer, one wrong class k ≠ c of a sample with true class c (spec §2.3):
+//   g_k = −GH(−(ω_c − ω_k)/s_k) / s_k,  s_k = √(V_k + V_c),  GH(z) = √(2/π) / erfcx(z/√2);
+// the true class gets g_c = −Σ_{k≠c} g_k.
+template <typename T>
+BPK_HD T argmax_g_wrong_class(T omega_true, T omega_k, T var_true, T var_k) {
+  const T s = std::sqrt(var_true + var_k);
+  return -T(kSqrt2OverPi) / (s * erfcx(-(omega_true - omega_k) * (T(kInvSqrt2) / s)));
+}
+
+// Field / reinforcement / damping update of one weight (spec §4.1 step 4, §5.1):
+//   H ← H_in + r H + ρ H_prior,   m ← [ψ m + (1 − ψ) tanh H] · mask.
+// Returns the new magnetisation; σ = (1 − m²)·mask is left to the caller.
+template <typename T>
+BPK_HD T field_update(T& field, T h_in, T field_prior, T mag, T mask, T rho, T r, T psi) {
+  field = h_in + r * field + rho * field_prior;
+  return (psi * mag + (T(1) - psi) * std::tanh(field)) * mask;
+}
+
+// ArgMax layer variant: the field is damped, not the magnetisation (spec §4.5):
+//   H ← ψ H + (1 − ψ)(H_in + r H + ρ H_prior),   m ← tanh(H) · mask.
+template <typename T>
+BPK_HD T field_update_damped_field(T& field, T h_in, T field_prior, T mask, T rho, T r, T psi) {
+  field = psi * field + (T(1) - psi) * (h_in + r * field + rho * field_prior);
+  return std::tanh(field) * mask;
+}
+
+}  // namespace bpk
