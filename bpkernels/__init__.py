@@ -4,6 +4,8 @@ Fused C++/CUDA kernels for the BP, BPI, AMP and MF updates of Lucibello et al. (
 layers, a trainer and Bayesian predictions from the weight marginals.
 """
 
+import torch  # noqa: F401  (loads libtorch, which _C links against)
+
 from . import _C  # noqa: F401  (loads the library; its static initialisers register the ops)
 from . import _ops  # noqa: F401  (fake kernels)
 from . import ops, reference

@@ -1,0 +1,227 @@
+"""Command line: ``bpkernels train``, ``bpkernels eval`` and ``bpkernels compare``
+(also ``python -m bpkernels``)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+
+import torch
+
+from . import data as datasets
+from .nn import ALGOS, mlp
+from .runlog import plot_errors
+from .train import evaluate, fit, load_model
+
+MP_METHODS = ("bp",)  # message passing; the variant is --algo
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda requested but torch sees no CUDA device")
+    return device
+
+
+def load_data(args) -> datasets.Dataset:
+    dtype = getattr(torch, args.dtype)
+    if args.dataset == "fashion-mnist":
+        try:
+            return datasets.load_fashion_mnist(args.data_dir, args.task, args.subset, args.test_subset,
+                                               seed=args.seed, dtype=dtype)
+        except datasets.DatasetNotFoundError as exc:
+            raise SystemExit(f"error: {exc}") from None
+    n_out = 1 if args.task == "evenodd" else 10
+    sizes = (784, 101, n_out)
+    return datasets.teacher_student(args.subset or 6000, args.test_subset or 2000, sizes,
+                                    seed=args.seed, dtype=dtype)
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "teacher"],
+                   help="real Fashion-MNIST, or data from a random binary teacher 784-101-out")
+    p.add_argument("--task", default="10class", choices=list(datasets.TASKS))
+    p.add_argument("--data-dir", default=None,
+                   help="folder of the Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--subset", type=int, default=None, help="use this many training examples")
+    p.add_argument("--test-subset", type=int, default=None, help="use this many test examples")
+    p.add_argument("--hidden", type=int, nargs="*", default=[501, 501], help="hidden layer sizes")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=128, help="mini-batch size; 0 = full batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_mp_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--algo", default="bpi", choices=list(ALGOS), help="message-passing variant")
+    p.add_argument("--rho", type=float, nargs="*", default=None,
+                   help="PasP exponent ρ: one value, or one per layer (default 1.0001 hidden, 0.9 output)")
+    p.add_argument("--psi", type=float, nargs="*", default=[0.8],
+                   help="damping ψ: one value, or one per layer (default 0.8)")
+    p.add_argument("--init-std", type=float, default=1.0, help="ϵ, std of the initial fields")
+    p.add_argument("--r", type=float, default=0.0, help="internal reinforcement r")
+    p.add_argument("--r-step", type=float, default=0.0, help="reinforcement schedule step")
+    p.add_argument("--tau-max", type=int, default=1, help="inner message-passing iterations")
+    p.add_argument("--density", type=float, default=None, help="weight density of a fixed random mask")
+    p.add_argument("--no-bayes", action="store_true", help="skip the Bayesian errors each epoch")
+
+
+def _per_layer(values, n_layers):
+    if values is None or len(values) == 0:
+        return None
+    return values[0] if len(values) == 1 else values if len(values) == n_layers else \
+        sys.exit(f"error: give one value or {n_layers} values (one per layer), got {len(values)}")
+
+
+def run_message_passing(args, data, device, run_dir):
+    sizes = [data.train_x.shape[1], *args.hidden, 1 if data.binary else data.num_classes]
+    n_layers = len(sizes) - 1
+    model = mlp(sizes, algo=args.algo, output="sign" if data.binary else "argmax",
+                rho=_per_layer(args.rho, n_layers), psi=_per_layer(args.psi, n_layers), r=args.r,
+                init_std=args.init_std, density=args.density, seed=args.seed,
+                dtype=getattr(torch, args.dtype), device=device)
+    return fit(model, data, epochs=args.epochs, batch_size=args.batch_size or None,
+               tau_max=args.tau_max, r_step=args.r_step, seed=args.seed, run_dir=run_dir,
+               config={k: v for k, v in vars(args).items() if k != "func"}, resume=getattr(args, "resume", False),
+               progress=not args.no_progress, eval_bayes=not args.no_bayes, method=args.algo)
+
+
+def run_method(method: str, args, data, device, run_dir):
+    if method in ALGOS:
+        args = argparse.Namespace(**{**vars(args), "algo": method})
+        return run_message_passing(args, data, device, run_dir)
+    from .baselines import BASELINE_METHODS, train_baseline
+
+    if method not in BASELINE_METHODS:
+        raise SystemExit(f"error: unknown method {method!r}; choose from {ALGOS + BASELINE_METHODS}")
+    return train_baseline(method, data, hidden=args.hidden, epochs=args.epochs,
+                          batch_size=args.batch_size or 128, seed=args.seed, device=device,
+                          run_dir=run_dir, progress=not args.no_progress)
+
+
+def default_run_dir(kind: str) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{kind}-{stamp}")
+
+
+def cmd_train(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    data = load_data(args)
+    method = args.algo if args.method == "bp" else args.method
+    run_dir = args.run_dir or default_run_dir(method)
+    print(f"training {method} on {data.name} ({data.train_x.shape[0]} train / "
+          f"{data.test_x.shape[0]} test) on {device}; run folder {run_dir}")
+    rows = run_method(method, args, data, device, run_dir)
+    if rows:
+        last = rows[-1]
+        print(json.dumps({k: last[k] for k in ("epoch", "train_error", "test_error",
+                                               "test_error_bayes", "seconds")}))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    device = resolve_device(args.device)
+    model, state = load_model(args.checkpoint, device=device)
+    cfg = state["config"]
+    ns = argparse.Namespace(dataset=args.dataset or cfg.get("dataset", "fashion-mnist"),
+                            task=args.task or cfg.get("task", "10class"),
+                            data_dir=args.data_dir or cfg.get("data_dir"), subset=cfg.get("subset"),
+                            test_subset=cfg.get("test_subset"), seed=cfg.get("seed", 0),
+                            dtype=str(model.bp_layers[0].field.dtype).replace("torch.", ""))
+    data = load_data(ns).to(device)
+    result = evaluate(model, data, bayes=True)
+    result["epoch"] = state["epoch"]
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    data = load_data(args)
+    out_dir = args.out or default_run_dir("compare")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    results = {}
+    for method in methods:
+        print(f"== {method}")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        results[method] = run_method(method, args, data, device, os.path.join(out_dir, method))
+    write_comparison(results, out_dir)
+    print(open(os.path.join(out_dir, "compare.md")).read())
+    return 0
+
+
+def write_comparison(results: dict[str, list[dict]], out_dir: str) -> None:
+    """compare.md / compare.csv (one row per method and epoch) and compare.png."""
+    os.makedirs(out_dir, exist_ok=True)
+    header = ["method", "epoch", "test_error_%", "test_error_bayes_%", "train_error_%",
+              "seconds_per_epoch", "peak_mem_MB"]
+
+    def fmt(v, scale=1.0, digits=2):
+        return "" if v is None else f"{v * scale:.{digits}f}"
+
+    lines = []
+    for method, rows in results.items():
+        for r in rows:
+            mem = r.get("peak_mem_bytes")
+            lines.append([method, str(r["epoch"]), fmt(r["test_error"], 100),
+                          fmt(r.get("test_error_bayes"), 100), fmt(r["train_error"], 100),
+                          fmt(r["seconds"], 1, 2), "" if mem is None else f"{mem / 2**20:.0f}"])
+    with open(os.path.join(out_dir, "compare.csv"), "w") as f:
+        f.write(",".join(header) + "\n" + "".join(",".join(line) + "\n" for line in lines))
+    with open(os.path.join(out_dir, "compare.md"), "w") as f:
+        f.write("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
+        f.write("".join("| " + " | ".join(line) + " |\n" for line in lines))
+    plot_errors(results, os.path.join(out_dir, "compare.png"), test_only=True)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bpkernels", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a binary network and write a run folder")
+    add_common_options(p)
+    add_mp_options(p)
+    p.add_argument("--method", default="bp", choices=["bp", "ste", "bayesbinn", "st"],
+                   help="bp: message passing (variant --algo); or a gradient baseline")
+    p.add_argument("--run-dir", default=None, help="run folder (default runs/<method>-<time>)")
+    p.add_argument("--resume", action="store_true", help="resume from <run-dir>/checkpoint.pt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="point-wise and Bayesian errors of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--dataset", default=None, choices=["fashion-mnist", "teacher"])
+    p.add_argument("--task", default=None, choices=list(datasets.TASKS))
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("compare", help="train several methods on the same data and tabulate")
+    add_common_options(p)
+    add_mp_options(p)
+    p.add_argument("--methods", default="bpi,amp,mf,ste,bayesbinn",
+                   help="comma-separated: bp, bpi, amp, mf, ste, bayesbinn, st")
+    p.add_argument("--out", default=None, help="output folder (default runs/compare-<time>)")
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Datasets as whole tensors: real Fashion-MNIST from the IDX files, and a seeded
+teacher–student generator.
+
+Fashion-MNIST is read from the four gzip IDX files that the Debian package
+``dataset-fashion-mnist`` installs in ``/usr/share/datasets/fashion-mnist`` (or from any folder
+holding the same files, gzipped or not). Images are flattened to 784 and normalised with one
+global mean and std over all training pixels, x ← (x − μ)/(std + 1e-5), the same statistics
+applied to the test set (spec §1.1). Tasks: ``"10class"`` (labels 0..9) or ``"evenodd"``
+(label +1 for an odd class index, −1 for even).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+FASHION_MNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+TASKS = ("10class", "evenodd")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The data files are missing; the message says what to install or pass."""
+
+
+@dataclass
+class Dataset:
+    """A classification dataset held as tensors: x [P, D] float, y [P] (int64 classes for a
+    multi-class task, ±1 float for a binary one)."""
+
+    train_x: Tensor
+    train_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    num_classes: int  # 2 for ±1 labels
+    name: str
+
+    @property
+    def binary(self) -> bool:
+        return self.num_classes == 2
+
+    def to(self, device=None, dtype=None) -> "Dataset":
+        """Moves the data (and casts x, and ±1 labels, to dtype) in one go."""
+
+        def cast(t: Tensor, is_x: bool) -> Tensor:
+            floating = is_x or t.is_floating_point()
+            return t.to(device=device, dtype=dtype if floating else None)
+
+        return Dataset(cast(self.train_x, True), cast(self.train_y, False),
+                       cast(self.test_x, True), cast(self.test_y, False),
+                       self.num_classes, self.name)
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Reads one IDX file (gzip or plain): big-endian magic 0x0000080D, D = byte 3, then D
+    big-endian uint32 sizes, then uint8 data."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path} is truncated: expected {int(np.prod(dims))} values, got {data.size}")
+    return data.reshape(tuple(dims))
+
+
+def _find_file(root: str, stem: str) -> str | None:
+    for name in (stem + ".gz", stem):
+        path = os.path.join(root, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def find_fashion_mnist(root: str | None = None) -> dict[str, str]:
+    """Paths of the four Fashion-MNIST files, looked up in ``root`` or the Debian location."""
+    roots = [root] if root else list(FASHION_MNIST_DIRS)
+    for r in roots:
+        paths = {key: _find_file(r, stem) for key, stem in FASHION_MNIST_FILES.items()}
+        if all(paths.values()):
+            return paths
+    where = root or FASHION_MNIST_DIRS[0]
+    raise DatasetNotFoundError(
+        f"Fashion-MNIST not found in {where}. Install it with `sudo apt-get install "
+        "dataset-fashion-mnist` (Debian/Ubuntu), or pass --data-dir / root= pointing to a folder "
+        "with train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+        "t10k-images-idx3-ubyte[.gz] and t10k-labels-idx1-ubyte[.gz]."
+    )
+
+
+def load_fashion_mnist(root: str | None = None, task: str = "10class",
+                       subset: int | None = None, test_subset: int | None = None,
+                       seed: int = 0, dtype: torch.dtype = torch.float32) -> Dataset:
+    """Loads Fashion-MNIST as tensors on the CPU.
+
+    Args:
+        root: folder of the IDX files; None looks in /usr/share/datasets/fashion-mnist.
+        task: "10class" or "evenodd".
+        subset / test_subset: keep this many training / test examples (a seeded random subset).
+        seed: seed of the subset draw.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    paths = find_fashion_mnist(root)
+    arrays = {key: read_idx(path) for key, path in paths.items()}
+    train_x = torch.from_numpy(arrays["train_x"].reshape(len(arrays["train_x"]), -1).astype(np.float64))
+    test_x = torch.from_numpy(arrays["test_x"].reshape(len(arrays["test_x"]), -1).astype(np.float64))
+    train_y = torch.from_numpy(arrays["train_y"].astype(np.int64))
+    test_y = torch.from_numpy(arrays["test_y"].astype(np.int64))
+    mean, std = train_x.mean(), train_x.std()
+    train_x = (train_x - mean) / (std + 1e-5)
+    test_x = (test_x - mean) / (std + 1e-5)
+    gen = torch.Generator().manual_seed(seed)
+    if subset is not None:
+        keep = torch.randperm(len(train_x), generator=gen)[:subset]
+        train_x, train_y = train_x[keep], train_y[keep]
+    if test_subset is not None:
+        keep = torch.randperm(len(test_x), generator=gen)[:test_subset]
+        test_x, test_y = test_x[keep], test_y[keep]
+    num_classes = 10
+    if task == "evenodd":
+        train_y = (2 * (train_y % 2) - 1).to(dtype)
+        test_y = (2 * (test_y % 2) - 1).to(dtype)
+        num_classes = 2
+    return Dataset(train_x.to(dtype), train_y, test_x.to(dtype), test_y, num_classes,
+                   f"fashion-mnist-{task}")
+
+
+def teacher_student(n_train: int, n_test: int, sizes: tuple[int, ...], seed: int = 0,
+                    dtype: torch.dtype = torch.float32) -> Dataset:
+    """Data labelled by a random binary teacher network, so a student of the same architecture
+    can fit it exactly.
+
+    Inputs are i.i.d. standard normal [P, sizes[0]]; the teacher has i.i.d. ±1 weights for each
+    layer sizes[l] → sizes[l+1], sign activations (ties to +1). With sizes[-1] == 1 the labels
+    are ±1 (binary task); otherwise the label is the argmax of the last preactivation.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    weights = [torch.randint(0, 2, (k, n), generator=gen).double() * 2 - 1
+               for n, k in zip(sizes[:-1], sizes[1:])]
+    x = torch.randn(n_train + n_test, sizes[0], generator=gen, dtype=torch.float64)
+    h = x
+    for w in weights[:-1]:
+        h = torch.sign(h @ w.T + 1e-10)
+    z = h @ weights[-1].T
+    if sizes[-1] == 1:
+        y, num_classes = torch.sign(z[:, 0] + 1e-10).to(dtype), 2
+    else:
+        y, num_classes = z.argmax(dim=1), sizes[-1]
+    return Dataset(x[:n_train].to(dtype), y[:n_train], x[n_train:].to(dtype), y[n_train:],
+                   num_classes, f"teacher-{'-'.join(map(str, sizes))}")
