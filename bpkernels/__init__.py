@@ -8,8 +8,11 @@ import torch  # noqa: F401  (loads libtorch, which _C links against)
 
 from . import _C  # noqa: F401  (loads the library; its static initialisers register the ops)
 from . import _ops  # noqa: F401  (fake kernels)
-from . import ops, reference
+from . import data, ops, reference
+from .nn import BPLinear, BPSequential, mlp
+from .train import evaluate, fit, load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["ops", "reference", "__version__"]
+__all__ = ["BPLinear", "BPSequential", "mlp", "fit", "evaluate", "load_model", "data", "ops",
+           "reference", "__version__"]

@@ -10,6 +10,7 @@
 #include "bpkernels/binary_bp.h"
 #include "checks.h"
 #include "cpu/coef_rows.h"
+#include "cpu/isa.h"
 #include "linear_composite.h"
 
 namespace bpk {
@@ -171,12 +172,12 @@ at::Tensor argmax_output_cpu(const at::Tensor& omega, const at::Tensor& var,
 // contiguous [·, B] rows (coefficients of unit k, x̂ and b of input i), vectorised by omp simd.
 
 template <typename T, bool kHard, bool kComputeB>
-void bpi_cavity_tile(int64_t i0, int64_t i1, int64_t K, int64_t N, int64_t B,
-                     const CoefRows<T>& rows,
-                     const T* x_t,  // [N, B]
-                     const T* mag,  // [K, N]
-                     T* b_t,        // [N, B], accumulated
-                     T* h_in) {     // [K, N]
+BPK_ALWAYS_INLINE void bpi_cavity_tile(int64_t i0, int64_t i1, int64_t K, int64_t N, int64_t B,
+                                       const CoefRows<T>& rows,
+                                       const T* x_t,  // [N, B]
+                                       const T* mag,  // [K, N]
+                                       T* b_t,        // [N, B], accumulated
+                                       T* h_in) {     // [K, N]
   for (int64_t k = 0; k < K; ++k) {
     const T* alpha = rows.alpha.data() + k * B;
     const T* c = rows.c.data() + k * B;
@@ -205,10 +206,12 @@ void bpi_cavity(int64_t K, int64_t N, int64_t B, const CoefRows<T>& rows, const 
                 const T* mag, T* b_t, T* h_in) {
   // Tile of inputs: keeps the x̂ and b rows of the tile (2 · tile · B values) in L1/L2.
   const int64_t tile = std::max<int64_t>(1, std::min<int64_t>(16, 2048 / B));
+  const CpuIsa isa = cpu_isa();
   at::parallel_for(0, N, tile, [&](int64_t begin, int64_t end) {
     for (int64_t i0 = begin; i0 < end; i0 += tile) {
-      bpi_cavity_tile<T, kHard, kComputeB>(i0, std::min(end, i0 + tile), K, N, B, rows, x_t, mag,
-                                           b_t, h_in);
+      const int64_t i1 = std::min(end, i0 + tile);
+      BPK_ISA_DISPATCH(isa, bpi_cavity_tile<T, kHard, kComputeB>(i0, i1, K, N, B, rows, x_t,
+                                                                  mag, b_t, h_in));
     }
   });
 }

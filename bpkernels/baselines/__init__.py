@@ -1,0 +1,90 @@
+"""Gradient-based baselines for binary networks, trained in the same harness as the
+message-passing trainers (spec BASELINES.md):
+
+* ``"ste"``: STE BinaryNet (Courbariaux et al. 2016), :mod:`.ste`;
+* ``"bayesbinn"``: BayesBiNN (Meng et al. 2020), :mod:`.bayesbinn`, with the
+  :class:`BayesBiNN` optimiser;
+* ``"st"``: principled straight-through for stochastic binary networks (Shekhovtsov & Yanush
+  2021), :mod:`.st`.
+
+Entry point: :func:`train_baseline`. Every method trains an MLP input → hidden… → output of
+binary weights with BN (10 output units and cross-entropy for a multi-class task, one unit
+for ±1 labels) and returns the harness's metric rows.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data import Dataset
+from .bayesbinn import BayesBiNN, BayesBiNNTrainer, log_gumbel_scale
+from .common import (BaselineTrainer, BinaryMLP, SignSTE, WeightSTE, fit_baseline,
+                     proxy_derivative, reestimated_bn, sign_pm)
+from .st import STTrainer
+from .ste import STETrainer
+
+TRAINERS: dict[str, type[BaselineTrainer]] = {"ste": STETrainer, "bayesbinn": BayesBiNNTrainer,
+                                              "st": STTrainer}
+BASELINE_METHODS = tuple(TRAINERS)
+
+
+def method_options(method: str, preset: str | None = None, **options) -> dict:
+    """The full option set of ``method``: its defaults, updated by ``preset`` and ``options``."""
+    if method not in TRAINERS:
+        raise ValueError(f"method must be one of {BASELINE_METHODS}, got {method!r}")
+    cls = TRAINERS[method]
+    if preset is not None and preset not in cls.PRESETS:
+        raise ValueError(f"unknown preset {preset!r} for {method}; valid: {sorted(cls.PRESETS)}")
+    unknown = set(options) - set(cls.DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown {method} options {sorted(unknown)}; valid: {sorted(cls.DEFAULTS)}")
+    return {**cls.DEFAULTS, **(cls.PRESETS[preset] if preset else {}), **options}
+
+
+def train_baseline(method: str, data: Dataset, hidden: list[int], epochs: int,
+                   batch_size: int = 128, seed: int = 0, device="cpu", run_dir: str | None = None,
+                   progress: bool = True, resume: bool = False, preset: str | None = None,
+                   **method_options_) -> list[dict]:
+    """Trains one gradient baseline on ``data`` and returns one metrics row per epoch.
+
+    Args:
+        method: "ste", "bayesbinn" or "st".
+        data: the dataset (moved to ``device`` once; its dtype is the training dtype).
+        hidden: hidden widths; the network is [D] + hidden + [10-class: num_classes, ±1: 1].
+        epochs: epochs of the run (learning-rate schedules span them; the total when resuming).
+        batch_size: B; ⌊N/B⌋ mini-batches per epoch in the message-passing trainer's seeded
+            order.
+        seed: seed of the shuffles, the initialisation, the noise and the MC draws.
+        run_dir: write config.json, metrics.jsonl, checkpoint.pt (every epoch) and errors.png.
+        resume: continue from run_dir/checkpoint.pt (same arguments as the interrupted run).
+        preset: a named recipe of the method (``TRAINERS[method].PRESETS``).
+        method_options_: the method's options (``TRAINERS[method].DEFAULTS``), over the preset.
+
+    Rows: epoch, method, train_error, test_error (point-wise network: A sign w; B mode sign λ
+    and C sign η, both with BN re-estimated), train_error_bayes, test_error_bayes (MC average
+    for B and C; None for A), seconds (training only), cpu_seconds, peak_mem_bytes (CUDA, else
+    None), train_loss, lr, eval_seconds, flip_ratio, and where they apply test_error_train_bn
+    (point-wise with the training BN statistics), bn_seconds, median_abs_field,
+    frac_abs_field_lt1, clamp_events.
+    """
+    options = method_options(method, preset, **method_options_)
+    n_train = data.train_x.shape[0]
+    if not 1 <= batch_size <= n_train:
+        raise ValueError(f"batch_size must be in [1, {n_train}], got {batch_size}")
+    sizes = [data.train_x.shape[1], *hidden, 1 if data.binary else data.num_classes]
+    total_steps = epochs * (n_train // batch_size)
+    device = torch.device(device)
+    dtype = data.train_x.dtype
+    trainer = TRAINERS[method](sizes, data.binary, n_train, total_steps, seed, device, dtype,
+                               **options)
+    config = dict(method=method, preset=preset, options=options, sizes=sizes, epochs=epochs,
+                  batch_size=batch_size, seed=seed, dataset=data.name, n_train=n_train,
+                  device=str(device), dtype=str(dtype), torch=torch.__version__)
+    return fit_baseline(trainer, data, epochs, batch_size, seed, run_dir, config, resume,
+                        progress)
+
+
+__all__ = ["BASELINE_METHODS", "TRAINERS", "BaselineTrainer", "BayesBiNN", "BayesBiNNTrainer",
+           "BinaryMLP", "STETrainer", "STTrainer", "SignSTE", "WeightSTE", "fit_baseline",
+           "log_gumbel_scale", "method_options", "proxy_derivative", "reestimated_bn", "sign_pm",
+           "train_baseline"]

@@ -1,0 +1,108 @@
+r"""Trainer A — STE BinaryNet (Courbariaux, Hubara, Soudry, El-Yaniv, Bengio 2016; spec
+BASELINES.md §2).
+
+Latent real weights w ∈ [−H, H] (H = 1, initialised U(−H, H)); the forward pass uses
+W = sign(w), sign activations with the hard-tanh straight-through gradient, BN after every
+layer (output included), no biases. The gradient with respect to the binary weight is handed
+to the latent weight unchanged; Adam steps w with a per-layer Glorot-scaled learning rate and w
+is clipped back to [−H, H] after every step. BN parameters get Adam with the unscaled rate.
+Learning rates decay per step from ``lr`` to ``lr_end`` over the run.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.optim.lr_scheduler import LambdaLR
+
+from .common import (COMMON_DEFAULTS, BaselineTrainer, WeightSTE, glorot_factor, loss_fn,
+                     schedule_factor)
+
+
+class STETrainer(BaselineTrainer):
+    """STE BinaryNet. Options (``DEFAULTS``, library defaults of §2.5 for MNIST-like MLPs):
+
+    lr, lr_end, schedule: learning rate η_0 → η_E over the run ("geometric" per step,
+        "cosine" or "constant").
+    glorot: scale the binary layers' learning rate by c_ℓ = (1.5/(n_in + n_out))^{−1/2}.
+    init: latent weights U(−init, init).  clip: H, clip w to [−H, H] after each step (None: off).
+    betas, eps: Adam.  Plus the network and evaluation options of ``COMMON_DEFAULTS``.
+    Preset ``binarynet-mnist``: the paper's MNIST recipe (squared hinge, dropout 0.2/0.5,
+    3e-3 → 3e-7); the paper's batch 100, [−1, 1] inputs and 4096-unit layers are harness
+    settings.
+    """
+
+    method = "ste"
+    DEFAULTS = {**COMMON_DEFAULTS, "lr": 3e-4, "lr_end": 3e-6, "schedule": "geometric",
+                "glorot": True, "init": 1.0, "clip": 1.0, "betas": (0.9, 0.999), "eps": 1e-8}
+    PRESETS = {"binarynet-mnist": dict(loss="sqhinge", dropout_in=0.2, dropout_hidden=0.5,
+                                       lr=3e-3, lr_end=3e-7)}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._initialise()
+        o = self.opt
+        groups = [{"params": [f], "lr": o["lr"] * (glorot_factor(f.shape[1], f.shape[0])
+                                                   if o["glorot"] else 1.0)}
+                  for f in self.model.fields]
+        self.optimizers = [self._binary_optimizer(groups)]
+        real = self.model.real_parameters()
+        if real:
+            self.optimizers.append(torch.optim.Adam(real, lr=o["lr"], betas=o["betas"],
+                                                    eps=o["eps"]))
+        self.schedulers = [LambdaLR(opt, lambda t: self._factor(t)) for opt in self.optimizers]
+
+    def _factor(self, step: int) -> float:
+        o = self.opt
+        return schedule_factor(o["schedule"], step, self.total_steps, o["lr"], o["lr_end"])
+
+    def _binary_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        return torch.optim.Adam(groups, betas=self.opt["betas"], eps=self.opt["eps"])
+
+    def init_fields(self, gen: torch.Generator) -> list[Tensor]:
+        # w ~ U(−init, init)
+        init = self.opt["init"]
+        return [(torch.rand(f.shape, generator=gen, dtype=torch.float64) * 2 - 1) * init
+                for f in self.model.fields]
+
+    def train_weights(self) -> list[Tensor]:
+        """Weights of a training forward pass, W = sign(w) with identity backward."""
+        return [WeightSTE.apply(f, None) for f in self.model.fields]
+
+    def objective(self, z: Tensor, y: Tensor) -> Tensor:
+        """The minimised mini-batch objective given logits z [B, n_L] and labels y [B]."""
+        return loss_fn(z, y, self.binary, self.opt["loss"])
+
+    def train_step(self, x: Tensor, y: Tensor) -> Tensor:
+        self.model.train()
+        z = self.model(x, self.train_weights(), act_noise=self.opt["stochastic_acts"],
+                       dropout=True)
+        loss = self.objective(z, y)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        # m ← β1 m + (1−β1) g,  v ← β2 v + (1−β2) g²,  w ← clip(w − c_ℓ η_t m̂/(√v̂ + ε), −H, H)
+        for opt in self.optimizers:
+            opt.step()
+        if self.opt["clip"] is not None:
+            with torch.no_grad():
+                for f in self.model.fields:
+                    f.clamp_(-self.opt["clip"], self.opt["clip"])
+        for sched in self.schedulers:
+            sched.step()
+        return loss.detach()
+
+    def lr(self) -> float:
+        return self.opt["lr"] * self._factor(self.schedulers[0].last_epoch)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(),
+                "optimizers": [opt.state_dict() for opt in self.optimizers],
+                "schedulers": [sched.state_dict() for sched in self.schedulers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        for opt, s in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(s)
+        for sched, s in zip(self.schedulers, state["schedulers"]):
+            sched.load_state_dict(s)

@@ -1,0 +1,203 @@
+"""BPLinear / BPSequential: the spec's mini-batch step through model.bp_step, BP with τ_max > 1
+against the PyTorch twin, module behaviour (state_dict, dtype, device), predictions, errors."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import bpkernels as bpk
+from bpkernels import nn as bpnn
+from bpkernels import reference
+from bpkernels.nn import BPLinear, BPSequential, mlp
+
+F64 = torch.float64
+
+# Spec §11.5: 3 → 2 → 1, B = 2, ρ = (1, 0.9), ψ = 0.8, given initial fields.
+X_115 = torch.tensor([[0.5, -1.0], [1.5, 0.2], [-0.3, 0.8]], dtype=F64).T
+Y_115 = torch.tensor([1.0, -1.0], dtype=F64)
+H1_115 = [[0.4, -1.0, 0.7], [-0.3, 0.2, 1.5]]
+H2_115 = [[0.9, -0.4]]
+EXPECTED_115 = {
+    "bpi": dict(
+        h2=[[0.4130840399, -0.801500189]], m2=[[0.6512559287, -0.4369340945]],
+        h1=[[0.7498080742, -0.6136508532, 0.468365349], [-0.4873721652, 0.0122454018, 1.6640646403]],
+        m1=[[0.4309660574, -0.7186137091, 0.570869742], [-0.3234757431, 0.1603492141, 0.9102711246]]),
+    "mf": dict(
+        m2=[[0.6275654053, -0.4301776613]],
+        m1=[[0.4368277865, -0.7079408526, 0.5617467957], [-0.316923902, 0.1570524248, 0.9085405672]]),
+    "amp": dict(
+        m2=[[0.6524641177, -0.436699975]],
+        m1=[[0.4322434541, -0.6887596045, 0.5691830046], [-0.3233553736, 0.1597156103, 0.9103355789]]),
+}
+
+
+def set_fields(layer: BPLinear, field) -> None:
+    layer.field.copy_(torch.as_tensor(field, dtype=layer.field.dtype))
+    layer.mag.copy_(torch.tanh(layer.field))
+    layer.sigma.copy_(1 - layer.mag.square())
+
+
+def spec_net(algo: str) -> BPSequential:
+    l1 = BPLinear(3, 2, algo=algo, rho=1.0, psi=0.8, dtype=F64)
+    l2 = BPLinear(2, 1, algo=algo, output="sign", rho=0.9, psi=0.8, dtype=F64)
+    set_fields(l1, H1_115)
+    set_fields(l2, H2_115)
+    return BPSequential(l1, l2)
+
+
+@pytest.mark.parametrize("algo", ["bpi", "mf", "amp", "bp"])
+def test_spec_11_5_step_through_bp_step(algo):
+    net = spec_net(algo)
+    net.bp_step(X_115, Y_115)
+    l1, l2 = net.bp_layers
+    expected = EXPECTED_115["bpi" if algo == "bp" else algo]
+    for key, tensor in (("h1", l1.field), ("m1", l1.mag), ("h2", l2.field), ("m2", l2.mag)):
+        if key in expected:
+            torch.testing.assert_close(tensor, torch.tensor(expected[key], dtype=F64), rtol=1e-9, atol=1e-10)
+
+
+def test_spec_11_5_bayesian_forward_and_pointwise():
+    net = spec_net("bpi")
+    x_hat, delta = X_115, None
+    for layer in net.bp_layers:
+        x_hat, delta = layer.bayes(x_hat, delta)
+    torch.testing.assert_close(x_hat[:, 0], torch.tensor([-0.2803784759, -0.1640556698], dtype=F64),
+                               rtol=1e-9, atol=1e-10)
+    assert net.predict(X_115, mode="bayes").tolist() == [-1.0, -1.0]
+    assert net(X_115).tolist() == [-1.0, -1.0]
+
+
+def test_bp_at_tau_1_is_bpi_bit_for_bit():
+    torch.manual_seed(0)
+    x = torch.randn(16, 20, dtype=F64)
+    y = torch.randint(0, 4, (16,))
+    nets = [mlp([20, 9, 7, 4], algo=a, seed=3, dtype=F64) for a in ("bp", "bpi")]
+    for net in nets:
+        net.bp_step(x, y, tau_max=1)
+    for a, b in zip(*(n.state_dict().values() for n in nets)):
+        assert torch.equal(a, b)
+
+
+def _twin_network(monkeypatch):
+    """Makes bpkernels.nn run on the pure-PyTorch twin (same signatures as the ops)."""
+    monkeypatch.setattr(bpnn, "ops", reference)
+
+
+@pytest.mark.parametrize("algo,output", [("bp", "argmax"), ("bp", "sign"), ("amp", "argmax"),
+                                         ("amp", "sign"), ("mf", "argmax"), ("bpi", "sign")])
+@pytest.mark.parametrize("tau_max", [1, 3])
+def test_inner_iterations_match_twin(monkeypatch, algo, output, tau_max):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(11, 13, generator=gen, dtype=F64)
+    if output == "argmax":
+        y = torch.randint(0, 3, (11,), generator=gen)
+        sizes = [13, 7, 5, 3]
+    else:
+        y = torch.randint(0, 2, (11,), generator=gen).double() * 2 - 1
+        sizes = [13, 7, 5, 1]
+    ext = mlp(sizes, algo=algo, output=output, seed=1, dtype=F64)
+    twin = mlp(sizes, algo=algo, output=output, seed=1, dtype=F64)
+    for _ in range(2):
+        ext.bp_step(x, y, tau_max=tau_max)
+    _twin_network(monkeypatch)
+    for _ in range(2):
+        twin.bp_step(x, y, tau_max=tau_max)
+    for (name, a), b in zip(ext.state_dict().items(), twin.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_bp_inner_iterations_differ_from_bpi():
+    """BP only differs from BPI for τ_max > 1 (spec §4.3): a guard that the cavity path runs."""
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(9, 12, generator=gen, dtype=F64)
+    y = torch.randint(0, 3, (9,), generator=gen)
+    bp, bpi = (mlp([12, 6, 3], algo=a, seed=0, dtype=F64) for a in ("bp", "bpi"))
+    bp.bp_step(x, y, tau_max=3)
+    bpi.bp_step(x, y, tau_max=3)
+    assert not torch.allclose(bp.bp_layers[0].field, bpi.bp_layers[0].field)
+
+
+def test_module_behaviour_state_dict_dtype_device():
+    net = BPSequential(nn.Flatten(), BPLinear(12, 5, density=0.5), BPLinear(5, 3, output="argmax"))
+    keys = set(net.state_dict())
+    assert {"layers.1.field", "layers.1.mag", "layers.1.sigma", "layers.1.mask", "layers.2.field"} <= keys
+    assert net.bp_layers[0].field.dtype == torch.float32
+    masked = net.bp_layers[0]
+    assert torch.all(masked.mag[masked.mask == 0] == 0) and torch.all(masked.sigma[masked.mask == 0] == 0)
+    clone = BPSequential.from_config(net.config())
+    clone.load_state_dict(net.state_dict())
+    x = torch.randn(7, 3, 4)
+    assert torch.equal(clone(x), net(x))
+    net.double()
+    assert net.bp_layers[1].mag.dtype == F64
+    net.to("cpu")
+    y = torch.randint(0, 3, (7,))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net(x), net.predict(x, mode="bayes")
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()), "prediction changed the model"
+    net.bp_step(x, y)
+    assert not torch.equal(before["layers.1.field"], net.state_dict()["layers.1.field"])
+
+
+def test_predict_any_batch_size_in_chunks():
+    net = mlp([10, 8, 4], seed=0)
+    x = torch.randn(1000, 10)
+    full = net.predict(x, chunk=1000)
+    assert torch.equal(full, net.predict(x, chunk=37))
+    assert net.predict(x[:1]).shape == (1,)
+    assert torch.equal(net.predict(x, mode="bayes", chunk=7), net.predict(x, mode="bayes"))
+
+
+def test_masked_weights_stay_zero_through_training():
+    net = mlp([20, 10, 1], output="sign", density=0.3, seed=0, dtype=F64)
+    x = torch.randn(32, 20, dtype=F64)
+    y = torch.sign(torch.randn(32, dtype=F64))
+    for _ in range(3):
+        net.bp_step(x, y)
+    for layer in net.bp_layers:
+        assert torch.all(layer.mag[layer.mask == 0] == 0)
+
+
+def test_full_batch_reinforcement_schedule_changes_r():
+    net = mlp([10, 1], output="sign", r=0.2, seed=0, dtype=F64)
+    x, y = torch.randn(20, 10, dtype=F64), torch.sign(torch.randn(20, dtype=F64))
+    net.bp_step(x, y, tau_max=12, pasp=False, r_step=0.1)
+    assert math.isclose(net.bp_layers[0].r, 1 - 0.8 * 0.9 ** 2)
+    assert net.bp_layers[0].rho == 0.9, "full-batch mode must restore rho after the step"
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(x=torch.randn(4, 11)), r"input must have shape \[B, 10\]"),
+    (dict(x=torch.randn(0, 10)), "batch is empty"),
+    (dict(x=torch.full((4, 10), float("nan"))), "NaN or infinite"),
+    (dict(y=torch.tensor([0, 1, 2, 3])), r"class labels must lie in \[0, 3\)"),
+    (dict(y=torch.tensor([0.0, 1.0, 2.0, 1.0])), "integer class labels"),
+    (dict(y=torch.tensor([0, 1])), r"labels must have shape \[4\]"),
+])
+def test_bad_inputs_raise_clear_errors(bad, match):
+    net = mlp([10, 6, 3], seed=0)
+    args = dict(x=torch.randn(4, 10), y=torch.tensor([0, 1, 2, 1]))
+    args.update(bad)
+    with pytest.raises(ValueError, match=match):
+        net.bp_step(args["x"], args["y"])
+
+
+def test_sign_output_needs_pm1_labels_and_layer_validation():
+    net = mlp([5, 3, 1], output="sign", seed=0)
+    with pytest.raises(ValueError, match="labels ±1"):
+        net.bp_step(torch.randn(3, 5), torch.tensor([1.0, 0.0, -1.0]))
+    with pytest.raises(ValueError, match="algo must be one of"):
+        BPLinear(3, 2, algo="sgd")
+    with pytest.raises(ValueError, match="do not chain"):
+        BPSequential(BPLinear(3, 2), BPLinear(4, 2, output="argmax"))
+    with pytest.raises(ValueError, match="must have output="):
+        BPSequential(BPLinear(3, 2))
+    with pytest.raises(ValueError, match="tau_max"):
+        net.bp_step(torch.randn(3, 5), torch.tensor([1.0, 1.0, -1.0]), tau_max=0)
+
+
+def test_version_and_public_api():
+    assert bpk.__version__
+    assert callable(bpk.BPLinear) and callable(bpk.fit)
