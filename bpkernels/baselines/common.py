@@ -218,18 +218,19 @@ def error_rate(scores: Tensor, y: Tensor, binary: bool, threshold: float = 0.0) 
 def schedule_factor(kind: str, step: int, total: int, lr: float, lr_end: float) -> float:
     """Learning-rate multiplier after ``step`` of ``total`` steps, from lr to lr_end.
 
-    geometric: (lr_end/lr)^{t/T};  cosine: [lr_end + (lr − lr_end)(1 + cos πt/T)/2]/lr.
+    geometric: (lr_end/lr)^{t/T};  cosine: [lr_end + (lr − lr_end)(1 + cos πt/T)/2]/lr;
+    constant (or lr = 0): 1.
     """
+    if kind not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {kind!r}")
+    if kind == "constant" or lr == 0:
+        return 1.0
     frac = min(step, total) / max(total, 1)
     if kind == "geometric":
         if lr_end <= 0 or lr <= 0:
             raise ValueError(f"a geometric schedule needs lr, lr_end > 0, got {lr}, {lr_end}")
         return (lr_end / lr) ** frac
-    if kind == "cosine":
-        return (lr_end + (lr - lr_end) * 0.5 * (1 + math.cos(math.pi * frac))) / lr
-    if kind == "constant":
-        return 1.0
-    raise ValueError(f"schedule must be one of {SCHEDULES}, got {kind!r}")
+    return (lr_end + (lr - lr_end) * 0.5 * (1 + math.cos(math.pi * frac))) / lr
 
 
 def glorot_factor(n_in: int, n_out: int) -> float:
