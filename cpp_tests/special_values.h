@@ -3,8 +3,9 @@
 
 namespace bpk_test {
 
-// value = mantissa * 2^exponent, mantissa in [0.5, 1) rounded to double; exponents above
-// 100000 are capped at 100000 (the value overflows every floating-point type).
+// value = mantissa * 2^exponent, mantissa in [0.5, 1) rounded to double; exponents
+// above 100000 are capped at 100000 (the value overflows every floating-point
+// type).
 struct RefPoint {
   double x;
   double mantissa;
@@ -9588,7 +9589,7 @@ inline constexpr RefPoint kErfcxF64[] = {
     {1.7976931348623157e+308, 0.5641895835477564, -1024},
 };
 
-// erfcx(x) at float x (every x is exactly a float).
+// erfcx(x) at float x (every x is a float).
 inline constexpr RefPoint kErfcxF32[] = {
     {-3.4028234663852886e+38, 0.75, 100000},
     {-3.0000000054977558e+38, 0.75, 100000},
