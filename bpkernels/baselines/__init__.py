@@ -37,7 +37,8 @@ def method_options(method: str, preset: str | None = None, **options) -> dict:
         raise ValueError(f"unknown preset {preset!r} for {method}; valid: {sorted(cls.PRESETS)}")
     unknown = set(options) - set(cls.DEFAULTS)
     if unknown:
-        raise TypeError(f"unknown {method} options {sorted(unknown)}; valid: {sorted(cls.DEFAULTS)}")
+        raise TypeError(f"unknown {method} options {sorted(unknown)}; "
+                        f"valid: {sorted(cls.DEFAULTS)}")
     return {**cls.DEFAULTS, **(cls.PRESETS[preset] if preset else {}), **options}
 
 

@@ -126,7 +126,7 @@ class BayesBiNN(torch.optim.Optimizer):
         for g in real_groups:
             for p in g["params"]:
                 p.grad = None
-        ghat = {p: torch.zeros_like(p) for _, p in binary}
+        ghat: dict[Tensor, Tensor] = {}
         n_samples = 1 if all(g["estimator"] == "mean" for g, _ in binary) else self.samples
         total = 0.0
         for _ in range(n_samples):
@@ -138,7 +138,8 @@ class BayesBiNN(torch.optim.Optimizer):
                 if w.grad is None:
                     raise RuntimeError("the closure did not use the weights of a binary parameter")
                 # ĝ = (1/S) Σ_s 𝔰^(s) ⊙ ∂ℓ̄/∂W^(s)   (w.grad already carries 1/S)
-                ghat[p].add_(w.grad if factor is None else factor * w.grad)
+                term = w.grad if factor is None else factor * w.grad
+                ghat[p] = term if p not in ghat else ghat[p] + term
             total = total + loss.detach()
         for g, p in binary:
             p.grad = ghat[p]
@@ -151,15 +152,18 @@ class BayesBiNN(torch.optim.Optimizer):
         state = self.state[lam]
         state["step"] = state.get("step", 0) + 1
         beta, alpha = group["momentum"], group["lr"]
-        # d = N_eff ĝ + r (λ − λ_0);  β > 0: m ← β m + (1 − β) d, d ← m/(1 − β^t)
-        d = group["n_eff"] * lam.grad + group["kl_weight"] * (lam - group["prior"])
-        if beta > 0:
-            m = state.setdefault("momentum", torch.zeros_like(lam))
-            m.mul_(beta).add_(d, alpha=1 - beta)
-            d = m / (1 - beta ** state["step"])
+        n_eff, r, prior = group["n_eff"], group["kl_weight"], group["prior"]
         mu_before = torch.tanh(lam) if group["estimator"] == "published" else None
-        # λ ← λ − α d   (β = 0: λ ← (1 − α r) λ + α r λ_0 − α N_eff ĝ)
-        lam.sub_(alpha * d)
+        if beta > 0:
+            # m ← β m + (1 − β)(N_eff ĝ + r (λ − λ_0)),  λ ← λ − α m/(1 − β^t)
+            m = state.setdefault("momentum", torch.zeros_like(lam))
+            m.mul_(beta).add_(n_eff * lam.grad + r * (lam - prior), alpha=1 - beta)
+            lam.sub_(m, alpha=alpha / (1 - beta ** state["step"]))
+        else:
+            # λ ← (1 − α r) λ + α r λ_0 − α N_eff ĝ
+            lam.mul_(1 - alpha * r).add_(lam.grad, alpha=-alpha * n_eff)
+            if isinstance(prior, Tensor) or prior != 0:
+                lam.add_(alpha * r * prior)
         if mu_before is not None:
             state["mu"] = mu_before
 

@@ -38,7 +38,7 @@ SCHEDULES = ("geometric", "cosine", "constant")
 
 def sign_pm(x: Tensor) -> Tensor:
     """sign with sign(0) = +1, in x's dtype (torch.sign(0) = 0 is never used)."""
-    return (x >= 0).to(x.dtype) * 2 - 1
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
 def proxy_derivative(a: Tensor, proxy: str, scale: float) -> Tensor:
@@ -60,9 +60,9 @@ def proxy_derivative(a: Tensor, proxy: str, scale: float) -> Tensor:
 
 def logistic_noise(shape: torch.Size, scale: float, generator: torch.Generator | None,
                    device, dtype) -> Tensor:
-    """z ~ Logistic(0, s): z = s (ln u − ln(1 − u)), u ~ U[0, 1); u = 0 gives z = −∞ (no NaN)."""
+    """z ~ Logistic(0, s): z = s ln(u/(1 − u)), u ~ U[0, 1); u = 0 gives z = −∞ (no NaN)."""
     u = torch.rand(shape, generator=generator, device=device, dtype=dtype)
-    return scale * (torch.log(u) - torch.log1p(-u))
+    return torch.logit(u).mul_(scale)
 
 
 def activation_noise(shape: torch.Size, proxy: str, scale: float,
@@ -246,7 +246,8 @@ def reestimated_bn(model: BinaryMLP, x: Tensor, weights: list[Tensor],
                    batch_size: int) -> Iterator[None]:
     """Within the block, BN running statistics are those of the network with ``weights``
     (deterministic activations), re-estimated as cumulative averages over the full mini-batches
-    of x [M, n_0] (§1.4); on exit the training statistics and momenta are restored."""
+    of x [M, n_0] (one batch of all M if M < batch_size) (§1.4); on exit the training
+    statistics and momenta are restored."""
     norms = list(model.norms)
     saved = [(bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone(),
               bn.momentum) for bn in norms]
@@ -257,7 +258,7 @@ def reestimated_bn(model: BinaryMLP, x: Tensor, weights: list[Tensor],
             bn.momentum = None
         model.train()
         with torch.no_grad():
-            for i in range(0, x.shape[0] - batch_size + 1, batch_size):
+            for i in range(0, max(x.shape[0] - batch_size, 0) + 1, batch_size):
                 model(x[i:i + batch_size], weights)
         model.eval()
         yield
@@ -330,10 +331,11 @@ class BaselineTrainer:
         if self.opt["loss"] not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.opt['loss']!r}")
         if self.opt.get("mc_average", "probs") not in ("probs", "logits"):
-            raise ValueError(f"mc_average must be 'probs' or 'logits', got {self.opt['mc_average']!r}")
+            raise ValueError("mc_average must be 'probs' or 'logits', "
+                             f"got {self.opt['mc_average']!r}")
         self.sizes, self.binary, self.n_train = list(sizes), binary, n_train
         self.total_steps, self.seed = total_steps, seed
-        self.device, self.dtype = torch.device(device), dtype
+        self.device = torch.device(device)
         o = self.opt
         self.model = BinaryMLP(sizes, o["activation"], o["proxy"], o["proxy_scale"],
                                o["batch_norm"], o["bn_affine"], o["bn_eps"], o["bn_momentum"],
@@ -379,7 +381,7 @@ class BaselineTrainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"].cpu())
         self.prev_signs = state["prev_signs"]
 
     # -- shared
@@ -405,8 +407,8 @@ class BaselineTrainer:
         chunk = o["eval_chunk"]
         weights = self.eval_weights()
         signs = [w >= 0 for w in weights]
-        row: dict = {"flip_ratio": float(sum(int((s != p).sum()) for s, p in zip(signs, self.prev_signs))
-                                         / sum(s.numel() for s in signs))}
+        flips = sum(int((s != p).sum()) for s, p in zip(signs, self.prev_signs))
+        row: dict = {"flip_ratio": flips / sum(s.numel() for s in signs)}
         self.prev_signs = signs
         t0 = time.perf_counter()
         with contextlib.ExitStack() as stack:
@@ -436,13 +438,15 @@ class BaselineTrainer:
         gen = torch.Generator(self.device).manual_seed(self.seed * 1_000_003 + 500_009 + epoch)
         idx = _subset(data.train_x.shape[0], o["mc_train_examples"], self.seed + 3,
                       data.train_x.device)
-        x_tr, y_tr = (data.train_x, data.train_y) if idx is None else (data.train_x[idx], data.train_y[idx])
+        x_tr, y_tr = data.train_x, data.train_y
+        if idx is not None:
+            x_tr, y_tr = x_tr[idx], y_tr[idx]
+        noisy = o["stochastic_acts"]
         saved_gen, self.model.generator = self.model.generator, gen
         try:
             acc_tr = acc_te = 0
             for _ in range(o["mc_samples"]):
                 weights = self.sample_weights(gen)
-                noisy = self.opt["stochastic_acts"]
                 z_tr = outputs(self.model, x_tr, weights, noisy, o["eval_chunk"])
                 z_te = outputs(self.model, data.test_x, weights, noisy, o["eval_chunk"])
                 if o["mc_average"] == "probs":
@@ -500,7 +504,8 @@ def fit_baseline(trainer: BaselineTrainer, data: Dataset, epochs: int, batch_siz
         row = {"epoch": epoch, "method": trainer.method}
         row.update(trainer.evaluate(data, epoch, batch_size))
         row.update(seconds=seconds, cpu_seconds=cpu_seconds,
-                   peak_mem_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+                   peak_mem_bytes=(torch.cuda.max_memory_allocated(device)
+                                   if device.type == "cuda" else None),
                    train_loss=float(loss_sum) / max(n_batches, 1), lr=trainer.lr(),
                    **trainer.extra_metrics())
         rows.append(row)

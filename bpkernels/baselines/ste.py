@@ -49,7 +49,7 @@ class STETrainer(BaselineTrainer):
         real = self.model.real_parameters()
         if real:
             self.optimizers.append(torch.optim.Adam(real, lr=o["lr"], betas=o["betas"],
-                                                    eps=o["eps"]))
+                                                    eps=o["eps"], fused=True))
         self.schedulers = [LambdaLR(opt, lambda t: self._factor(t)) for opt in self.optimizers]
 
     def _factor(self, step: int) -> float:
@@ -57,7 +57,7 @@ class STETrainer(BaselineTrainer):
         return schedule_factor(o["schedule"], step, self.total_steps, o["lr"], o["lr_end"])
 
     def _binary_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
-        return torch.optim.Adam(groups, betas=self.opt["betas"], eps=self.opt["eps"])
+        return torch.optim.Adam(groups, betas=self.opt["betas"], eps=self.opt["eps"], fused=True)
 
     def init_fields(self, gen: torch.Generator) -> list[Tensor]:
         # w ~ U(−init, init)
