@@ -72,6 +72,10 @@ def add_mp_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tau-max", type=int, default=1, help="inner message-passing iterations")
     p.add_argument("--density", type=float, default=None, help="weight density of a fixed random mask")
     p.add_argument("--no-bayes", action="store_true", help="skip the Bayesian errors each epoch")
+    p.add_argument("--preset", default=None,
+                   help="gradient baselines: a named recipe (e.g. binarynet-mnist, det-uniform)")
+    p.add_argument("--opt", action="append", default=None, metavar="KEY=VALUE",
+                   help="gradient baselines: an option of the method (repeatable), e.g. lr=0.003")
 
 
 def _per_layer(values, n_layers):
@@ -104,7 +108,23 @@ def run_method(method: str, args, data, device, run_dir):
         raise SystemExit(f"error: unknown method {method!r}; choose from {ALGOS + BASELINE_METHODS}")
     return train_baseline(method, data, hidden=args.hidden, epochs=args.epochs,
                           batch_size=args.batch_size or 128, seed=args.seed, device=device,
-                          run_dir=run_dir, progress=not args.no_progress)
+                          run_dir=run_dir, progress=not args.no_progress,
+                          resume=getattr(args, "resume", False), preset=args.preset,
+                          **parse_options(args.opt))
+
+
+def parse_options(items: list[str] | None) -> dict:
+    """--opt key=value pairs of a gradient baseline; values are JSON (numbers, true, strings)."""
+    options = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --opt expects key=value, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 def default_run_dir(kind: str) -> str:
