@@ -74,6 +74,7 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd_mf(const at::Tensor& g, const at::
   ArgChecker check("bp_linear_bwd_mf", x_hat, "x_hat");
   check(x_hat, "x_hat", {kAny, kAny}, "[B, N]");
   const int64_t B = x_hat.size(0), N = x_hat.size(1);
+  TORCH_CHECK(B > 0, "bp_linear_bwd_mf: the batch is empty (x_hat has B = 0 rows)");
   check(mag, "mag", {kAny, N}, "[K, N]");
   check(g, "g", {B, mag.size(0)}, "[B, K]");
   at::Tensor b = compute_b ? at::mm(g, mag) : x_hat.new_empty({B, 0});

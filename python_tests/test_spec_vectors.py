@@ -10,6 +10,7 @@ are not. The cavity ĝ[k, i, a] is K×N×B in both.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import pytest
@@ -373,16 +374,26 @@ def _random_layer(B, N, K, dtype, device, seed, first):
     return [z.to(device=device, dtype=dtype) for z in (H, x_in, b_top)]
 
 
+def _assert_rounding_close(got, want, scale, eps, name):
+    """|got − want| ≤ 8 eps · scale element-wise: the two agree to the rounding of their sums,
+    ``scale`` being the sum of the magnitudes of the summed terms."""
+    err = (got.double() - want.double()).abs()
+    bound = 8 * eps * scale.double()
+    ratio = (err / (eps * scale.double())).max().item()
+    assert bool((err <= bound).all()), f"{name}: max |diff| / (eps · Σ|terms|) = {ratio:.2f}"
+
+
 @pytest.mark.parametrize("dtype", [F64, F32], ids=["f64", "f32"])
 @pytest.mark.parametrize("first", [True, False], ids=["first", "hidden"])
 @pytest.mark.parametrize("hard", [False, True], ids=["soft", "hard"])
 def test_bp_at_tau1_is_bpi(device, dtype, first, hard):
     """BP fed the fresh per-batch state (m̃ = m broadcast to [K, N, B], b̃ = 0) is BPI (§4.3).
 
-    The strongest statement that holds: the cavity forward ω = Σ_i m̃ x̃ is a different
-    summation than BPI's matrix product, so it agrees to a few ulps only; given the same (ω, V)
-    the BP backward reproduces the fused BPI backward bit for bit (b and H_in), and therefore
-    the field update as well."""
+    The strongest statement that holds is agreement to rounding, not bit for bit: the cavity
+    forward ω = Σ_i m̃ x̃ is a different summation than BPI's matrix product, and the fused BPI
+    backward runs through the CPU's SIMD dispatch (FMA contraction, lane-wise batch sums) while
+    the BP backward runs scalar. So ω, and (given the same ω, V) b and H_in, and after the field
+    update H and m, agree to a few ulps of the magnitudes summed; x̃ = tanh(u + 0) = x̂ exactly."""
     B, N, K = 16, 23, 7
     H, x_in, b_top = _random_layer(B, N, K, dtype, device, seed=11, first=first)
     if hard:
@@ -396,29 +407,44 @@ def test_bp_at_tau1_is_bpi(device, dtype, first, hard):
         b_cav = torch.zeros(K, N, B, dtype=dtype, device=device)
     mag_cav = m[:, :, None].expand(K, N, B).contiguous()
     compute_b = not first
+    eps = torch.finfo(dtype).eps
 
     omega, var, _ = ops.bp_linear_fwd(x_hat, delta, m, sigma)
     omega_bp = ops.bp_linear_omega_bp(x_in, b_cav, mag_cav)
-    eps = torch.finfo(dtype).eps
-    scale = (m.abs() @ x_hat.abs().T).T  # Σ_i |m x̂|: the rounding scale of both sums
-    assert bool(((omega_bp - omega).abs() <= 4 * N * eps * scale).all()), (omega_bp - omega).abs().max()
+    _assert_rounding_close(omega_bp, omega, (m.abs() @ x_hat.abs().T).T, eps, "ω")
+
+    # Magnitudes of the summed terms, from the float64 twin's ĝ [K, N, B].
+    g_cav = reference.cavity_g(*(z.double() for z in (b_top, omega, var)), x_hat.double().T[None],
+                               m.double()[:, :, None], hard)
+    h_scale = (g_cav.abs() * x_hat.double().abs().T[None]).sum(2)
+    b_scale = (m.double().abs()[:, :, None] * g_cav.abs()).sum(0).T
 
     b_bpi, h_bpi = ops.bp_linear_bwd_bpi(b_top, omega, var, x_hat, m, hard, compute_b)
     b_bp, h_bp = ops.bp_linear_bwd_bp(b_top, omega, var, x_in, b_cav, mag_cav, hard, compute_b)
-    assert_equal(b_bp, b_bpi, name="b")
-    assert_equal(h_bp, h_bpi, name="H_in")
-
-    # ... and the twin says the same up to its own summation orders.
+    assert b_bp.shape == b_bpi.shape == ((B, N) if compute_b else (B, 0))
+    if compute_b:
+        _assert_rounding_close(b_bp, b_bpi, b_scale, eps, "b")
+    _assert_rounding_close(h_bp, h_bpi, h_scale, eps, "H_in")
     b_ref, h_ref = reference.bp_linear_bwd_bp(b_top, omega, var, x_in, b_cav, mag_cav, hard, compute_b)
-    assert_close(b_ref, b_bpi, rtol=16 * eps, atol=16 * eps, name="twin b")
-    assert_close(h_ref, h_bpi, rtol=16 * eps, atol=16 * eps * h_bpi.abs().max().item(), name="twin H_in")
+    if compute_b:
+        _assert_rounding_close(b_ref, b_bpi, b_scale, eps, "twin b")
+    _assert_rounding_close(h_ref, h_bpi, h_scale, eps, "twin H_in")
+
+    states = []
+    for h_in in (h_bpi, h_bp):
+        state = [H.clone(), m.clone(), sigma.clone()]
+        ops.bp_field_update_(*state, h_in, None, None, 1.0, 0.0, 0.8, False)
+        states.append(state)
+    (H_bpi, m_bpi, _), (H_bp, m_bp, _) = states
+    _assert_rounding_close(H_bp, H_bpi, h_scale + H.abs(), eps, "H")
+    _assert_rounding_close(m_bp, m_bpi, h_scale + 1.0, eps, "m")
 
 
 def _random_net(device, seed, sizes=(20, 15, 9, 1), B=6):
     g = generator(seed)
     x = torch.randn(B, sizes[0], generator=g, dtype=F64).to(device)
     mags = [torch.tanh(torch.randn(k, n, generator=g, dtype=F64) * 1.2).to(device)
-            for n, k in zip(sizes[:-1], sizes[1:])]
+            for n, k in itertools.pairwise(sizes)]
     return x, mags
 
 
@@ -500,13 +526,13 @@ def test_amp_minus_bpi_is_second_order(device):
         b_bpi, h_bpi = ops.bp_linear_bwd_bpi(b_top, omega, var, x_hat, m, False, True)
         gg, gamma = ops.bp_output(b_top, omega, var, False)
         b_amp, h_amp = ops.bp_linear_bwd_amp(gg, gamma, x_hat, delta, m, sigma, None, None, None, True)
-        b_mf, h_mf = ops.bp_linear_bwd_mf(gg, x_hat, m, True)
+        _, h_mf = ops.bp_linear_bwd_mf(gg, x_hat, m, True)
         rel.append([
             ((b_amp - b_bpi).norm() / b_bpi.norm()).item(),
             ((h_amp - h_bpi).norm() / h_bpi.norm()).item(),
             ((h_mf - h_bpi).norm() / h_bpi.norm()).item(),
         ])
-    for coarse, fine in zip(rel[:-1], rel[1:]):
+    for coarse, fine in itertools.pairwise(rel):
         ratio_b, ratio_h, ratio_mf = (c / f for c, f in zip(coarse, fine))
         assert 3.5 < ratio_b < 4.5 and 3.5 < ratio_h < 4.5, (rel, "AMP − BPI must shrink 4× per halving")
         assert 1.7 < ratio_mf < 2.3, (rel, "MF − BPI is first order: 2× per halving")
@@ -565,7 +591,7 @@ def _bp_tree_magnetisations(impl, theta, x, device, cavity_var):
     return mag[0].cpu()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _tree_draws(N: int, draws: int = 5):
     """(θ, x, exact ⟨W⟩) for `draws` random patterns: θ_i ~ N(0, 0.5²), x ∈ {±1}^N."""
     g = generator(100 + N)

@@ -34,7 +34,8 @@ BPK_HD void input_moments(T u, T b, T& x_hat, T& delta) {
 // With y = |ω|/(√2 s) it is evaluated as
 //   y < 1/2:  sgn(ω) atanh(erf y)
 //   y ≥ 1/2:  sgn(ω) · ½ [ln 2 + log1p(−½ erfcx(y) e^{−y²}) − ln erfcx(y) + y²],
-// which never rounds erf to 1 and grows like ω²/(2s²) (spec §2.2, pitfall §10.2).
+// which never rounds erf to 1 and grows like ω²/(4s²) (spec §2.2 says ω²/(2V); the
+// asymptote of ½ ln(2/erfc y) is y²/2 = ω²/(4s²)) (pitfall §10.2).
 template <typename T>
 BPK_HD T upfield(T omega, T s) {
   const T y = std::fabs(omega) * (T(kInvSqrt2) / s);
