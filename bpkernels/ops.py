@@ -88,6 +88,10 @@ def bp_argmax_output(omega: Tensor, var: Tensor, labels: Tensor) -> Tensor:
 
     Args:
         omega, var: [B, K].  labels: [B] int64 classes in [0, K).
+
+    .. note:: The CPU kernel raises on a label outside [0, K). On CUDA the labels are checked
+       on the device, without a host synchronisation: such a label makes that sample's row of
+       g NaN (``BPSequential.bp_step`` validates labels before they reach the op).
     """
     return _ops.bp_argmax_output.default(omega, var, labels)
 

@@ -486,6 +486,9 @@ def test_rejects_empty_batch(device, op):
 
 
 def test_argmax_rejects_bad_labels(device):
+    if torch.device(device).type == "cuda":
+        pytest.skip("CUDA checks labels on the device (a NaN row of g, no host sync): "
+                    "see test_cuda.py::test_argmax_out_of_range_label_gives_nan_row")
     omega, var, labels = _valid_args("bp_argmax_output", device)
     K = omega.shape[1]
     for bad in (K, -1, 10**6):

@@ -27,18 +27,15 @@ __device__ __forceinline__ T cavity_input(T x_in, const T* __restrict__ b_cav, i
   return b_cav ? tanh(x_in + b_cav[e]) : x_in;
 }
 
-// Shared validation; returns (B, N, K).
-std::tuple<int64_t, int64_t, int64_t> check_cavity_args(const ArgChecker& check,
-                                                        const at::Tensor& x_in,
-                                                        const std::optional<at::Tensor>& b_cav,
-                                                        const at::Tensor& mag_cav) {
+// Shared validation (as the CPU backend's); the sizes are B = x_in.size(0), N = x_in.size(1),
+// K = mag_cav.size(0).
+void check_cavity_args(const ArgChecker& check, const at::Tensor& x_in,
+                       const std::optional<at::Tensor>& b_cav, const at::Tensor& mag_cav) {
   check(x_in, "x_in", {kAny, kAny}, "[B, N]");
   const int64_t B = x_in.size(0), N = x_in.size(1);
   TORCH_CHECK(B > 0, check.op(), ": the batch is empty (x_in has B = 0 rows)");
   check(mag_cav, "mag_cav", {kAny, N, B}, "[K, N, B]");
-  const int64_t K = mag_cav.size(0);
-  if (b_cav) check(*b_cav, "b_cav", {K, N, B}, "[K, N, B]");
-  return {B, N, K};
+  if (b_cav) check(*b_cav, "b_cav", {mag_cav.size(0), N, B}, "[K, N, B]");
 }
 
 // ---- ω[a,k] = Σ_i m̃[k,i,a] x̃[k,i,a] --------------------------------------------------------
@@ -79,7 +76,8 @@ __global__ void __launch_bounds__(kCavThreads)
 at::Tensor omega_bp_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& b_cav,
                          const at::Tensor& mag_cav) {
   ArgChecker check("bp_linear_omega_bp", x_in, "x_in");
-  auto [B, N, K] = check_cavity_args(check, x_in, b_cav, mag_cav);
+  check_cavity_args(check, x_in, b_cav, mag_cav);
+  const int64_t B = x_in.size(0), N = x_in.size(1), K = mag_cav.size(0);
   check_cuda(check, x_in, "x_in");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -172,7 +170,8 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd_bp_cuda(const at::Tensor& b_top,
                                                       const at::Tensor& mag_cav, bool hard,
                                                       bool compute_b) {
   ArgChecker check("bp_linear_bwd_bp", x_in, "x_in");
-  auto [B, N, K] = check_cavity_args(check, x_in, b_cav, mag_cav);
+  check_cavity_args(check, x_in, b_cav, mag_cav);
+  const int64_t B = x_in.size(0), N = x_in.size(1), K = mag_cav.size(0);
   check(omega, "omega", {B, K}, "[B, K]");
   check(var, "var", {B, K}, "[B, K]");
   check(b_top, "b_top", {B, K}, "[B, K]");
@@ -259,7 +258,8 @@ void cavity_update_cuda(at::Tensor& mag_cav, const std::optional<at::Tensor>& b_
                         const at::Tensor& field, const std::optional<at::Tensor>& mask,
                         double psi, bool hard) {
   ArgChecker check("bp_cavity_update_", x_in, "x_in");
-  auto [B, N, K] = check_cavity_args(check, x_in, b_cav, mag_cav);
+  check_cavity_args(check, x_in, b_cav, mag_cav);
+  const int64_t B = x_in.size(0), N = x_in.size(1), K = mag_cav.size(0);
   check.inplace(mag_cav, "mag_cav", {K, N, B}, "[K, N, B]");
   if (b_cav) check.inplace(*b_cav, "b_cav", {K, N, B}, "[K, N, B]");
   TORCH_CHECK(b_cav.has_value() == b.has_value(),
