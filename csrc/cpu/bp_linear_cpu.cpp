@@ -190,9 +190,9 @@ BPK_ALWAYS_INLINE void bpi_cavity_tile(int64_t i0, int64_t i1, int64_t K, int64_
       T acc = 0;
 #pragma omp simd reduction(+ : acc)
       for (int64_t a = 0; a < B; ++a) {
-        const OutputCoef<T> coef{alpha[a], c[a], num[a]};
         const T omega_cav = om[a] - m * x[a];
-        const T g_cav = kHard ? output_g_hard(coef, omega_cav) : output_g(coef, omega_cav);
+        const T g_cav = kHard ? output_g_hard(alpha[a], num[a], omega_cav)
+                              : output_g(alpha[a], c[a], num[a], omega_cav);
         acc += g_cav * x[a];
         if (kComputeB) bi[a] += m * g_cav;
       }

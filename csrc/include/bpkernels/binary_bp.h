@@ -83,18 +83,30 @@ BPK_HD OutputCoef<T> output_coef_hard(T y, T s) {
   return {-sgn * T(kInvSqrt2) / s, -inf_value<T>(), sgn * T(kSqrt2OverPi) / s};
 }
 
-// g at preactivation mean ω (cavity or not) for a soft field:
+// g at preactivation mean ω (cavity or not) for a soft field, from the coefficients as
+// scalars (the form the CPU's vectorised loops call: GCC does not vectorise a loop that builds
+// a struct per iteration):
 //   g = num / [exp(x² + c) + erfcx(x)],  x = alpha ω.
 template <typename T>
-BPK_HD T output_g(const OutputCoef<T>& k, T omega) {
-  const T x = k.alpha * omega;
-  return k.num / (vexp(x * x + k.c) + erfcx(x));
+BPK_HD T output_g(T alpha, T c, T num, T omega) {
+  const T x = alpha * omega;
+  return num / (vexp(x * x + c) + erfcx(x));
 }
 
-// g for a hard label (c = −∞):  g = num / erfcx(x).
+// g for a hard label (c = −∞):  g = num / erfcx(alpha ω).
 template <typename T>
-BPK_HD T output_g_hard(const OutputCoef<T>& k, T omega) {
-  return k.num / erfcx(k.alpha * omega);
+BPK_HD T output_g_hard(T alpha, T num, T omega) {
+  return num / erfcx(alpha * omega);
+}
+
+template <typename T>
+BPK_HD T output_g(OutputCoef<T> k, T omega) {
+  return output_g(k.alpha, k.c, k.num, omega);
+}
+
+template <typename T>
+BPK_HD T output_g_hard(OutputCoef<T> k, T omega) {
+  return output_g_hard(k.alpha, k.num, omega);
 }
 
 // Curvature Γ = −∂g/∂ω = g (ω/V + g), valid for every finite or infinite b (spec §2.2).
