@@ -72,6 +72,9 @@ def add_mp_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tau-max", type=int, default=1, help="inner message-passing iterations")
     p.add_argument("--density", type=float, default=None, help="weight density of a fixed random mask")
     p.add_argument("--no-bayes", action="store_true", help="skip the Bayesian errors each epoch")
+    p.add_argument("--arch", default=None,
+                   help="message passing: an architecture string instead of --hidden, e.g. "
+                        "conv32k3s2p1-conv64k3s2p1-flatten-dense10 (see bpkernels.conv.build_arch)")
     p.add_argument("--preset", default=None,
                    help="gradient baselines: a named recipe (e.g. binarynet-mnist, det-uniform)")
     p.add_argument("--opt", action="append", default=None, metavar="KEY=VALUE",
@@ -86,12 +89,20 @@ def _per_layer(values, n_layers):
 
 
 def run_message_passing(args, data, device, run_dir):
-    sizes = [data.train_x.shape[1], *args.hidden, 1 if data.binary else data.num_classes]
-    n_layers = len(sizes) - 1
-    model = mlp(sizes, algo=args.algo, output="sign" if data.binary else "argmax",
-                rho=_per_layer(args.rho, n_layers), psi=_per_layer(args.psi, n_layers), r=args.r,
-                init_std=args.init_std, density=args.density, seed=args.seed,
-                dtype=getattr(torch, args.dtype), device=device)
+    factory = dict(r=args.r, init_std=args.init_std, density=args.density, seed=args.seed,
+                   dtype=getattr(torch, args.dtype), device=device)
+    if getattr(args, "arch", None):
+        from .conv import build_arch
+
+        n_layers = sum(token.startswith(("conv", "dense")) for token in args.arch.lower().split("-"))
+        model = build_arch(args.arch, algo=args.algo, num_classes=data.num_classes,
+                           rho=_per_layer(args.rho, n_layers), psi=_per_layer(args.psi, n_layers),
+                           **factory)
+    else:
+        sizes = [data.train_x.shape[1], *args.hidden, 1 if data.binary else data.num_classes]
+        n_layers = len(sizes) - 1
+        model = mlp(sizes, algo=args.algo, output="sign" if data.binary else "argmax",
+                    rho=_per_layer(args.rho, n_layers), psi=_per_layer(args.psi, n_layers), **factory)
     return fit(model, data, epochs=args.epochs, batch_size=args.batch_size or None,
                tau_max=args.tau_max, r_step=args.r_step, seed=args.seed, run_dir=run_dir,
                config={k: v for k, v in vars(args).items() if k != "func"}, resume=getattr(args, "resume", False),

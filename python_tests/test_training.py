@@ -154,3 +154,12 @@ def test_cli_train_eval_compare(tmp_path, capsys):
     table = (out / "compare.md").read_text()
     assert table.count("| bpi |") == 2 and table.count("| mf |") == 2
     assert (out / "compare.png").exists() and (out / "compare.csv").exists()
+
+
+def test_cli_conv_architecture(tmp_path):
+    run = tmp_path / "conv"
+    assert cli.main(["train", "--dataset", "teacher", "--task", "evenodd", "--subset", "64",
+                     "--test-subset", "32", "--arch", "conv4k3s2p1-flatten-dense1", "--algo", "mf",
+                     "--epochs", "1", "--batch-size", "16", "--no-progress", "--run-dir", str(run)]) == 0
+    model, state = load_model(str(run / "checkpoint.pt"))
+    assert state["epoch"] == 1 and type(model.bp_layers[0]).__name__ == "BPConv2d"
