@@ -73,8 +73,9 @@ def add_mp_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--density", type=float, default=None, help="weight density of a fixed random mask")
     p.add_argument("--no-bayes", action="store_true", help="skip the Bayesian errors each epoch")
     p.add_argument("--arch", default=None,
-                   help="message passing: an architecture string instead of --hidden, e.g. "
-                        "conv32k3s2p1-conv64k3s2p1-flatten-dense10 (see bpkernels.conv.build_arch)")
+                   help="an architecture string instead of --hidden (message passing and the "
+                        "gradient baselines), e.g. conv32k5s2p2-conv64k3s2p1-dense10 "
+                        "(see bpkernels.conv.build_arch)")
     p.add_argument("--preset", default=None,
                    help="gradient baselines: a named recipe (e.g. binarynet-mnist, det-uniform)")
     p.add_argument("--opt", action="append", default=None, metavar="KEY=VALUE",
@@ -117,7 +118,8 @@ def run_method(method: str, args, data, device, run_dir):
 
     if method not in BASELINE_METHODS:
         raise SystemExit(f"error: unknown method {method!r}; choose from {ALGOS + BASELINE_METHODS}")
-    return train_baseline(method, data, hidden=args.hidden, epochs=args.epochs,
+    return train_baseline(method, data, hidden=args.hidden, arch=getattr(args, "arch", None),
+                          epochs=args.epochs,
                           batch_size=args.batch_size or 128, seed=args.seed, device=device,
                           run_dir=run_dir, progress=not args.no_progress,
                           resume=getattr(args, "resume", False), preset=args.preset,

@@ -34,7 +34,7 @@ Two implementations, by variant:
   ``conv2d_input`` (transposed convolution) for b, ``conv2d_weight`` for H_in, and the same for
   every AMP term; U, g, Γ and the field update are the elementwise operators. Measured per
   hidden-layer step (forward + backward + field update, float32, B = 128, 2 CPU threads,
-  ``python benchmarks/train_conv.py bench``), this takes 0.5–0.7× the time of im2col + dense
+  ``python benchmarks/bench_conv.py``), this takes 0.5–0.7× the time of im2col + dense
   operators on 32→64 channel layers and the same on a 1→32 first layer
   (``benchmarks/results/conv_cpu.md``), so im2col is kept for BPI only.
 
@@ -43,8 +43,10 @@ Point-wise and Bayesian predictions use ``conv2d`` for every variant (no patch m
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -269,6 +271,60 @@ _TOKEN = re.compile(r"conv(?P<k>\d+)k(?P<ks>\d+)(?:s(?P<s>\d+))?(?:p(?P<p>\d+))?
                     r"|flatten|dense(?P<n>\d+)")
 
 
+@dataclass(frozen=True)
+class LayerSpec:
+    """One weight layer of an architecture string: ``kind`` "conv" (weights [K, C, k, k]) or
+    "dense" (weights [N, D]), with the per-sample shapes it maps, ``in_shape`` -> ``out_shape``
+    ((C, H, W) or (D,)). ``flatten_before``: the layer takes the flattened output of the one
+    below."""
+
+    kind: str
+    weight_shape: tuple[int, ...]
+    stride: int
+    padding: int
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    flatten_before: bool
+
+
+def parse_arch(spec: str, num_classes: int = 10,
+               input_shape: Sequence[int] = (1, 28, 28)) -> list[LayerSpec]:
+    """The weight layers of an architecture string (grammar: :func:`build_arch`), shapes
+    checked. One parser for the message-passing nets and the gradient baselines."""
+    tokens = spec.strip().lower().split("-")
+    matches = [_TOKEN.fullmatch(t) for t in tokens]
+    if not tokens or None in matches:
+        bad = [t for t, m in zip(tokens, matches) if m is None]
+        raise ValueError(f"bad architecture spec {spec!r}: cannot parse {bad}; expected tokens "
+                         "conv<K>k<k>[s<s>][p<p>], flatten, dense<N> joined by '-'")
+    if not tokens[-1].startswith("dense"):
+        raise ValueError(f"architecture {spec!r} must end with the output layer dense<N>")
+    n_out = 1 if num_classes == 2 else num_classes
+    if int(matches[-1]["n"]) != n_out:
+        raise ValueError(f"architecture {spec!r} must end with dense{n_out} for {num_classes} classes")
+    shape, flatten, layers = tuple(input_shape), False, []
+    for token, match in zip(tokens, matches):
+        if token == "flatten" or (token.startswith("dense") and len(shape) > 1):
+            shape, flatten = (math.prod(shape),), True
+            if token == "flatten":
+                continue
+        if token.startswith("conv"):
+            if len(shape) != 3:
+                raise ValueError(f"architecture {spec!r}: {token} needs images, got flat inputs")
+            k, ks = int(match["k"]), int(match["ks"])
+            s, p = int(match["s"] or 1), int(match["p"] or 0)
+            out = tuple((n + 2 * p - ks) // s + 1 for n in shape[1:])
+            if min(out) < 1:
+                raise ValueError(f"architecture {spec!r}: {token} does not fit a "
+                                 f"{shape[1]}×{shape[2]} image")
+            layers.append(LayerSpec("conv", (k, shape[0], ks, ks), s, p, shape, (k, *out), flatten))
+        else:
+            n = int(match["n"])
+            layers.append(LayerSpec("dense", (n, shape[0]), 1, 0, shape, (n,), flatten))
+        shape, flatten = layers[-1].out_shape, False
+    return layers
+
+
 def build_arch(spec: str, algo: str = "bpi", num_classes: int = 10,
                input_shape: Sequence[int] = (1, 28, 28), rho: Sequence[float] | float | None = None,
                psi: Sequence[float] | float = PSI_DEFAULT, r: float = 0.0, init_std: float = 1.0,
@@ -293,19 +349,9 @@ def build_arch(spec: str, algo: str = "bpi", num_classes: int = 10,
             hidden, 0.9 output).  r, init_std, density: as BPLinear, for every layer.
         seed: seed of the initial fields and masks.
     """
-    tokens = spec.strip().lower().split("-")
-    matches = [_TOKEN.fullmatch(t) for t in tokens]
-    if not tokens or None in matches:
-        bad = [t for t, m in zip(tokens, matches) if m is None]
-        raise ValueError(f"bad architecture spec {spec!r}: cannot parse {bad}; expected tokens "
-                         "conv<K>k<k>[s<s>][p<p>], flatten, dense<N> joined by '-'")
-    if not tokens[-1].startswith("dense"):
-        raise ValueError(f"architecture {spec!r} must end with the output layer dense<N>")
+    specs = parse_arch(spec, num_classes, input_shape)
     output = "sign" if num_classes == 2 else "argmax"
-    n_out = 1 if num_classes == 2 else num_classes
-    if int(matches[-1]["n"]) != n_out:
-        raise ValueError(f"architecture {spec!r} must end with dense{n_out} for {num_classes} classes")
-    n_bp = sum(t != "flatten" for t in tokens)
+    n_bp = len(specs)
 
     def per_layer(value, name):
         if value is None or isinstance(value, (int, float)):
@@ -318,24 +364,16 @@ def build_arch(spec: str, algo: str = "bpi", num_classes: int = 10,
     gen = torch.Generator().manual_seed(seed)
     common = dict(algo=algo, r=r, init_std=init_std, density=density, generator=gen, dtype=dtype,
                   device=device)
-    shape = tuple(input_shape)
     layers: list[nn.Module] = []
-    for token, match in zip(tokens, matches):
-        if token == "flatten" or (token.startswith("dense") and len(shape) > 1):
+    for i, layer_spec in enumerate(specs):
+        if layer_spec.flatten_before:
             layers.append(nn.Flatten())
-            shape = (int(torch.Size(shape).numel()),)
-            if token == "flatten":
-                continue
-        i = len([layer for layer in layers if isinstance(layer, BPLayer)])
         hyper = dict(rho=rhos[i], psi=psis[i], **common)
-        if token.startswith("conv"):
-            if len(shape) != 3:
-                raise ValueError(f"architecture {spec!r}: {token} needs images, got flat inputs")
-            layer = BPConv2d(shape[0], int(match["k"]), int(match["ks"]), stride=int(match["s"] or 1),
-                             padding=int(match["p"] or 0), input_size=shape[1:], **hyper)
+        if layer_spec.kind == "conv":
+            k, c, ks, _ = layer_spec.weight_shape
+            layers.append(BPConv2d(c, k, ks, stride=layer_spec.stride, padding=layer_spec.padding,
+                                   input_size=layer_spec.in_shape[1:], **hyper))
         else:
-            last = i == n_bp - 1
-            layer = BPLinear(shape[0], int(match["n"]), output=output if last else None, **hyper)
-        layers.append(layer)
-        shape = layer.output_shape(shape)
+            n, d = layer_spec.weight_shape
+            layers.append(BPLinear(d, n, output=output if i == n_bp - 1 else None, **hyper))
     return BPSequential(*layers)

@@ -17,9 +17,11 @@ import torch
 from torch import Tensor
 
 from bpkernels.baselines import (BASELINE_METHODS, BaselineTrainer, BayesBiNN, BayesBiNNTrainer,
+                                 BinaryNet,
                                  SignSTE, STETrainer, STTrainer, log_gumbel_scale,
                                  proxy_derivative, train_baseline)
-from bpkernels.data import teacher_student
+from bpkernels.conv import parse_arch
+from bpkernels.data import Dataset, teacher_student
 
 TIMING_KEYS = {"seconds", "cpu_seconds", "eval_seconds", "bn_seconds"}
 
@@ -227,6 +229,62 @@ def test_st_det_uniform_is_ste():
         c.train_step(data.train_x[sl], data.train_y[sl])
     for (name, pa), pc in zip(a.model.state_dict().items(), c.model.state_dict().values()):
         assert torch.equal(pa, pc), name
+
+
+# ----------------------------------------------------------------------------------------
+# Convolutional architectures (the same strings as the message-passing nets)
+
+def test_one_by_one_conv_net_is_the_mlp():
+    # A conv layer with a 1×1 kernel on 1×1 images is a dense layer: the same weights give the
+    # same logits, with and without BN, and the same Glorot-scaled learning rates.
+    arch = parse_arch("conv5k1-dense3", num_classes=3, input_shape=(4, 1, 1))
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+    for batch_norm in (True, False):
+        conv = STETrainer(arch, False, 32, 1, seed=0, batch_norm=batch_norm)
+        dense = STETrainer([4, 5, 3], False, 32, 1, seed=0, batch_norm=batch_norm)
+        assert [f.shape for f in conv.model.fields] == [(5, 4, 1, 1), (3, 5)]
+        weights = [w.view(f.shape) for w, f in zip(dense.eval_weights(), conv.model.fields)]
+        torch.testing.assert_close(conv.model(x, weights), dense.model(x, dense.eval_weights()),
+                                   rtol=0, atol=0)
+        assert ([g["lr"] for g in conv.optimizers[0].param_groups]
+                == [g["lr"] for g in dense.optimizers[0].param_groups])
+
+
+def conv_teacher(arch: str, input_shape: tuple, n_train: int, n_test: int, seed: int) -> Dataset:
+    """±1 labels of i.i.d. normal images from a BinaryNet of ``arch`` with random ±1 weights
+    (no BN, sign activations): a task the student of the same architecture can fit exactly."""
+    gen = torch.Generator().manual_seed(seed)
+    teacher = BinaryNet(parse_arch(arch, 2, input_shape), batch_norm=False)
+    weights = [torch.randint(0, 2, f.shape, generator=gen).float() * 2 - 1 for f in teacher.fields]
+    x = torch.randn(n_train + n_test, math.prod(input_shape), generator=gen)
+    with torch.no_grad():
+        y = torch.where(teacher(x, weights)[:, 0] >= 0, 1.0, -1.0)
+    return Dataset(x[:n_train], y[:n_train], x[n_train:], y[n_train:], 2, f"teacher-{arch}")
+
+
+# A small teacher (2 channels on a 2×2 grid of 3×3 patches), so that 10 short epochs suffice.
+# Bar on the final test error; measured on seeds 0–2: 0.9–3.9 % for the three methods, and
+# 36–54 % for the same runs with a zero learning rate (no learning).
+CONV_TEACHER = ("conv2k3s2-dense1", (1, 5, 5), 0.1)
+
+
+@pytest.mark.parametrize("method", BASELINE_METHODS)
+def test_conv_nets_learn_a_conv_teacher(method):
+    arch, input_shape, bar = CONV_TEACHER
+    data = conv_teacher(arch, input_shape, 4000, 2000, seed=0)
+    rows = train_baseline(method, data, None, arch=arch, input_shape=input_shape, epochs=10,
+                          batch_size=64, seed=0, progress=False, **FAST_OPTIONS[method])
+    assert rows[-1]["test_error"] < bar, [r["test_error"] for r in rows]
+
+
+def test_conv_arch_must_fit_the_data():
+    data = teacher_student(100, 10, (20, 3, 1), seed=0)
+    with pytest.raises(ValueError, match=r"expects \[1, 28, 28\] images"):
+        train_baseline("ste", data, None, arch="conv4k3-dense1", epochs=1, batch_size=50,
+                       progress=False)
+    with pytest.raises(ValueError, match="cannot parse"):
+        train_baseline("ste", data, None, arch="conv4x3-dense1", input_shape=(1, 4, 5), epochs=1,
+                       batch_size=50, progress=False)
 
 
 # ----------------------------------------------------------------------------------------

@@ -7,18 +7,22 @@ message-passing trainers (spec BASELINES.md):
 * ``"st"``: principled straight-through for stochastic binary networks (Shekhovtsov & Yanush
   2021), :mod:`.st`.
 
-Entry point: :func:`train_baseline`. Every method trains an MLP input → hidden… → output of
+Entry point: :func:`train_baseline`. Every method trains an MLP input → hidden… → output, or
+the network of an architecture string (convolutions, ``bpkernels.conv.parse_arch``), of
 binary weights with BN (10 output units and cross-entropy for a multi-class task, one unit
 for ±1 labels) and returns the harness's metric rows.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from ..conv import parse_arch
 from ..data import Dataset
 from .bayesbinn import BayesBiNN, BayesBiNNTrainer, log_gumbel_scale
-from .common import (BaselineTrainer, BinaryMLP, SignSTE, WeightSTE, fit_baseline,
+from .common import (BaselineTrainer, BinaryNet, SignSTE, WeightSTE, fit_baseline,
                      proxy_derivative, reestimated_bn, sign_pm)
 from .st import STTrainer
 from .ste import STETrainer
@@ -42,9 +46,10 @@ def method_options(method: str, preset: str | None = None, **options) -> dict:
     return {**cls.DEFAULTS, **(cls.PRESETS[preset] if preset else {}), **options}
 
 
-def train_baseline(method: str, data: Dataset, hidden: list[int], epochs: int,
+def train_baseline(method: str, data: Dataset, hidden: list[int] | None, epochs: int,
                    batch_size: int = 128, seed: int = 0, device="cpu", run_dir: str | None = None,
                    progress: bool = True, resume: bool = False, preset: str | None = None,
+                   arch: str | None = None, input_shape: tuple[int, ...] = (1, 28, 28),
                    **method_options_) -> list[dict]:
     """Trains one gradient baseline on ``data`` and returns one metrics row per epoch.
 
@@ -52,6 +57,8 @@ def train_baseline(method: str, data: Dataset, hidden: list[int], epochs: int,
         method: "ste", "bayesbinn" or "st".
         data: the dataset (moved to ``device`` once; its dtype is the training dtype).
         hidden: hidden widths; the network is [D] + hidden + [10-class: num_classes, ±1: 1].
+        arch: instead of hidden, an architecture string (``bpkernels.conv.build_arch``'s
+            grammar, e.g. "conv32k5s2p2-conv64k3s2p1-dense10") over images ``input_shape``.
         epochs: epochs of the run (learning-rate schedules span them; the total when resuming).
         batch_size: B; ⌊N/B⌋ mini-batches per epoch in the message-passing trainer's seeded
             order.
@@ -72,13 +79,20 @@ def train_baseline(method: str, data: Dataset, hidden: list[int], epochs: int,
     n_train = data.train_x.shape[0]
     if not 1 <= batch_size <= n_train:
         raise ValueError(f"batch_size must be in [1, {n_train}], got {batch_size}")
-    sizes = [data.train_x.shape[1], *hidden, 1 if data.binary else data.num_classes]
+    if arch is not None:
+        if math.prod(input_shape) != data.train_x.shape[1]:
+            raise ValueError(f"arch {arch!r} expects {list(input_shape)} images, but the examples "
+                             f"have {data.train_x.shape[1]} features")
+        layers = parse_arch(arch, 2 if data.binary else data.num_classes, input_shape)
+    else:
+        layers = [data.train_x.shape[1], *hidden, 1 if data.binary else data.num_classes]
     total_steps = epochs * (n_train // batch_size)
     device = torch.device(device)
     dtype = data.train_x.dtype
-    trainer = TRAINERS[method](sizes, data.binary, n_train, total_steps, seed, device, dtype,
+    trainer = TRAINERS[method](layers, data.binary, n_train, total_steps, seed, device, dtype,
                                **options)
-    config = dict(method=method, preset=preset, options=options, sizes=sizes, epochs=epochs,
+    config = dict(method=method, preset=preset, options=options, arch=arch,
+                  sizes=None if arch else layers, epochs=epochs,
                   batch_size=batch_size, seed=seed, dataset=data.name, n_train=n_train,
                   device=str(device), dtype=str(dtype), torch=torch.__version__)
     return fit_baseline(trainer, data, epochs, batch_size, seed, run_dir, config, resume,
@@ -86,6 +100,6 @@ def train_baseline(method: str, data: Dataset, hidden: list[int], epochs: int,
 
 
 __all__ = ["BASELINE_METHODS", "TRAINERS", "BaselineTrainer", "BayesBiNN", "BayesBiNNTrainer",
-           "BinaryMLP", "STETrainer", "STTrainer", "SignSTE", "WeightSTE", "fit_baseline",
+           "BinaryNet", "STETrainer", "STTrainer", "SignSTE", "WeightSTE", "fit_baseline",
            "log_gumbel_scale", "method_options", "proxy_derivative", "reestimated_bn", "sign_pm",
            "train_baseline"]

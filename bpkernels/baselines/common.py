@@ -3,8 +3,8 @@ r"""Shared parts of the gradient baselines (spec BASELINES.md §1, §7).
 * Sign and straight-through primitives: ``sign_pm`` (sign(0) = +1, Decision 1), ``SignSTE``
   (forward sign(a − z), backward × κ(a)) and ``WeightSTE`` (forward sign(state − z), backward
   identity), both autograd Functions acting on the state tensor (§1.3).
-* ``BinaryMLP``: bias-free layers of binary weights, batch norm after every layer (output
-  included), sign (or ReLU) activations; the binary weights are *passed in* by the trainer, so
+* ``BinaryNet``: bias-free dense or convolutional layers of binary weights, batch norm after
+  every layer (output included), sign (or ReLU) activations; the binary weights are *passed in* by the trainer, so
   one module serves the latent weights of A, the fields λ of B and η of C.
 * ``reestimated_bn``: batch-norm statistics of the evaluation network (§1.4, Decision 4).
 * ``BaselineTrainer`` (one per method) and ``fit_baseline``, the training loop of the harness:
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..conv import LayerSpec
 from ..data import Dataset
 from ..runlog import RunLog
 from ..train import epoch_permutation
@@ -111,23 +112,37 @@ class WeightSTE(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------
 # Network
 
-class BinaryMLP(nn.Module):
-    r"""MLP of binary weights: a^ℓ = W^ℓ h^{ℓ−1}, â^ℓ = BN(a^ℓ), h^ℓ = φ(â^ℓ) for ℓ < L, logits
-    z = â^L (§1.1). No biases. ``fields`` holds one real tensor [n_ℓ, n_{ℓ−1}] per binary weight
-    matrix (latent w, field λ or η, as the trainer interprets it); the forward pass takes the
-    binary (or relaxed) weights explicitly.
+def mlp_layers(sizes: list[int]) -> list[LayerSpec]:
+    """The dense layers [n_0] -> [n_1] -> ... -> [n_L] as LayerSpecs."""
+    return [LayerSpec("dense", (n_out, n_in), 1, 0, (n_in,), (n_out,), False)
+            for n_in, n_out in zip(sizes[:-1], sizes[1:])]
+
+
+def fans(weight_shape: tuple[int, ...]) -> tuple[int, int]:
+    """(fan-in, fan-out) of a dense [N, D] or conv [K, C, kh, kw] weight."""
+    receptive = math.prod(weight_shape[2:])
+    return weight_shape[1] * receptive, weight_shape[0] * receptive
+
+
+class BinaryNet(nn.Module):
+    r"""Bias-free network of binary weights, dense or convolutional layers:
+    a^ℓ = W^ℓ ⋆ h^{ℓ−1} (matrix product, or a 2-D convolution with the layer's stride and zero
+    padding), â^ℓ = BN(a^ℓ) (BatchNorm1d, or BatchNorm2d over channels), h^ℓ = φ(â^ℓ) for ℓ < L,
+    logits z = â^L (§1.1). ``fields`` holds one real tensor per binary weight tensor ([n_ℓ, n_{ℓ−1}]
+    or [K, C, kh, kw]: latent w, field λ or η, as the trainer interprets it); the forward pass
+    takes the binary (or relaxed) weights explicitly.
 
     Args:
-        sizes: [n_0, n_1, ..., n_L].
+        layers: the weight layers (``bpkernels.conv.parse_arch``, or ``mlp_layers(sizes)``).
         activation: "sign" (straight-through with ``proxy``) or "relu".
         proxy, proxy_scale: κ of the sign activations and the scale s of their noise.
         batch_norm: BN after every layer; without it the pre-activations are scaled by
-            1/√n_{ℓ−1} (the DeepMP paper's BinaryNet baseline).
-        bn_affine, bn_eps, bn_momentum: BatchNorm1d settings.
+            1/√fan-in (the DeepMP paper's BinaryNet baseline).
+        bn_affine, bn_eps, bn_momentum: BatchNorm settings.
         dropout_in, dropout_hidden: dropout on the input and after each hidden activation.
     """
 
-    def __init__(self, sizes: list[int], activation: str = "sign", proxy: str = "hardtanh",
+    def __init__(self, layers: list[LayerSpec], activation: str = "sign", proxy: str = "hardtanh",
                  proxy_scale: float = 1.0, batch_norm: bool = True, bn_affine: bool = True,
                  bn_eps: float = 1e-4, bn_momentum: float = 0.1, dropout_in: float = 0.0,
                  dropout_hidden: float = 0.0, device=None, dtype=None):
@@ -136,16 +151,17 @@ class BinaryMLP(nn.Module):
             raise ValueError(f"activation must be 'sign' or 'relu', got {activation!r}")
         if proxy not in PROXIES:
             raise ValueError(f"proxy must be one of {PROXIES}, got {proxy!r}")
-        self.sizes = list(sizes)
+        self.layers = list(layers)
         self.activation, self.proxy, self.proxy_scale = activation, proxy, proxy_scale
         self.dropout_in, self.dropout_hidden = dropout_in, dropout_hidden
         factory = dict(device=device, dtype=dtype)
         self.fields = nn.ParameterList(
-            [nn.Parameter(torch.zeros(n_out, n_in, **factory))
-             for n_in, n_out in zip(sizes[:-1], sizes[1:])])
+            [nn.Parameter(torch.zeros(layer.weight_shape, **factory)) for layer in self.layers])
+        norm = {"dense": nn.BatchNorm1d, "conv": nn.BatchNorm2d}
         self.norms = nn.ModuleList(
-            [nn.BatchNorm1d(n, eps=bn_eps, momentum=bn_momentum, affine=bn_affine, **factory)
-             for n in sizes[1:]] if batch_norm else [])
+            [norm[layer.kind](layer.weight_shape[0], eps=bn_eps, momentum=bn_momentum,
+                              affine=bn_affine, **factory)
+             for layer in self.layers] if batch_norm else [])
         # Source of activation noise and dropout masks; set by the trainer.
         self.generator: torch.Generator | None = None
 
@@ -159,7 +175,8 @@ class BinaryMLP(nn.Module):
 
     def forward(self, x: Tensor, weights: list[Tensor], act_noise: bool = False,
                 dropout: bool = False) -> Tensor:
-        """x [B, n_0], weights[ℓ] [n_ℓ, n_{ℓ−1}] → logits [B, n_L].
+        """x [B, n_0] (flat, as the datasets hold images, or [B, C, H, W]), weights[ℓ] of
+        ``fields[ℓ]``'s shape → logits [B, n_L].
 
         act_noise: sample h = sign(â − z) with the proxy's noise (stochastic binary network).
         dropout: apply the dropout masks (training passes only).
@@ -168,9 +185,13 @@ class BinaryMLP(nn.Module):
         if dropout and self.dropout_in > 0:
             h = self._dropout(h, self.dropout_in)
         last = len(weights) - 1
-        for i, w in enumerate(weights):
-            a = F.linear(h, w)
-            a = self.norms[i](a) if len(self.norms) else a / math.sqrt(w.shape[1])
+        for i, (layer, w) in enumerate(zip(self.layers, weights)):
+            if layer.kind == "conv":
+                a = F.conv2d(h.view(h.shape[0], *layer.in_shape), w, stride=layer.stride,
+                             padding=layer.padding)
+            else:
+                a = F.linear(h.flatten(1), w)
+            a = self.norms[i](a) if len(self.norms) else a / math.sqrt(fans(w.shape)[0])
             if i == last:
                 return a
             if self.activation == "relu":
@@ -242,7 +263,7 @@ def glorot_factor(n_in: int, n_out: int) -> float:
 # Evaluation
 
 @contextlib.contextmanager
-def reestimated_bn(model: BinaryMLP, x: Tensor, weights: list[Tensor],
+def reestimated_bn(model: BinaryNet, x: Tensor, weights: list[Tensor],
                    batch_size: int) -> Iterator[None]:
     """Within the block, BN running statistics are those of the network with ``weights``
     (deterministic activations), re-estimated as cumulative averages over the full mini-batches
@@ -272,7 +293,7 @@ def reestimated_bn(model: BinaryMLP, x: Tensor, weights: list[Tensor],
 
 
 @torch.no_grad()
-def outputs(model: BinaryMLP, x: Tensor, weights: list[Tensor], act_noise: bool = False,
+def outputs(model: BinaryNet, x: Tensor, weights: list[Tensor], act_noise: bool = False,
             chunk: int = 10_000) -> Tensor:
     """Logits [P, n_L] of x [P, n_0] in evaluation mode (BN running statistics), in chunks."""
     model.eval()
@@ -307,11 +328,11 @@ MC_DEFAULTS = dict(mc_samples=16, mc_average="probs", mc_train_examples=10_000)
 
 
 class BaselineTrainer:
-    """One gradient trainer of a BinaryMLP: subclasses define the update (``train_step``), the
+    """One gradient trainer of a BinaryNet: subclasses define the update (``train_step``), the
     evaluation weights and, for Bayesian methods, a weight sampler.
 
     Args:
-        sizes: layer widths [n_0, ..., n_L].  binary: ±1 labels with one output unit.
+        layers: layer widths [n_0, ..., n_L] (an MLP), or LayerSpecs (``parse_arch``).  binary: ±1 labels with one output unit.
         n_train: training-set size N.  total_steps: optimiser steps of the whole run (schedules).
         seed: seed of initialisation, noise and evaluation draws.
         options: the method's options (``DEFAULTS`` keys) after preset resolution.
@@ -321,7 +342,7 @@ class BaselineTrainer:
     DEFAULTS: dict = {}
     PRESETS: dict[str, dict] = {}
 
-    def __init__(self, sizes: list[int], binary: bool, n_train: int, total_steps: int,
+    def __init__(self, layers: list[int] | list[LayerSpec], binary: bool, n_train: int, total_steps: int,
                  seed: int = 0, device="cpu", dtype: torch.dtype = torch.float32, **options):
         unknown = set(options) - set(self.DEFAULTS)
         if unknown:
@@ -333,11 +354,13 @@ class BaselineTrainer:
         if self.opt.get("mc_average", "probs") not in ("probs", "logits"):
             raise ValueError("mc_average must be 'probs' or 'logits', "
                              f"got {self.opt['mc_average']!r}")
-        self.sizes, self.binary, self.n_train = list(sizes), binary, n_train
+        if all(isinstance(n, int) for n in layers):
+            layers = mlp_layers(list(layers))
+        self.layers, self.binary, self.n_train = list(layers), binary, n_train
         self.total_steps, self.seed = total_steps, seed
         self.device = torch.device(device)
         o = self.opt
-        self.model = BinaryMLP(sizes, o["activation"], o["proxy"], o["proxy_scale"],
+        self.model = BinaryNet(self.layers, o["activation"], o["proxy"], o["proxy_scale"],
                                o["batch_norm"], o["bn_affine"], o["bn_eps"], o["bn_momentum"],
                                o["dropout_in"], o["dropout_hidden"], self.device, dtype)
         self.generator = torch.Generator(self.device).manual_seed(seed * 1_000_003 + 1)

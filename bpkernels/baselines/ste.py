@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
-from .common import (COMMON_DEFAULTS, BaselineTrainer, WeightSTE, glorot_factor, loss_fn,
+from .common import (COMMON_DEFAULTS, BaselineTrainer, WeightSTE, fans, glorot_factor, loss_fn,
                      schedule_factor)
 
 
@@ -42,7 +42,7 @@ class STETrainer(BaselineTrainer):
         super().__init__(*args, **kwargs)
         self._initialise()
         o = self.opt
-        groups = [{"params": [f], "lr": o["lr"] * (glorot_factor(f.shape[1], f.shape[0])
+        groups = [{"params": [f], "lr": o["lr"] * (glorot_factor(*fans(f.shape))
                                                    if o["glorot"] else 1.0)}
                   for f in self.model.fields]
         self.optimizers = [self._binary_optimizer(groups)]
