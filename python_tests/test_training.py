@@ -163,3 +163,11 @@ def test_cli_conv_architecture(tmp_path):
                      "--epochs", "1", "--batch-size", "16", "--no-progress", "--run-dir", str(run)]) == 0
     model, state = load_model(str(run / "checkpoint.pt"))
     assert state["epoch"] == 1 and type(model.bp_layers[0]).__name__ == "BPConv2d"
+    # compare: every method, gradient baselines included, trains the conv net of --arch
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", "--dataset", "teacher", "--task", "evenodd", "--subset", "64",
+                     "--test-subset", "32", "--arch", "conv4k3s2p1-dense1", "--methods", "mf,ste",
+                     "--epochs", "1", "--batch-size", "16", "--no-progress", "--out", str(out)]) == 0
+    assert json.loads((out / "ste" / "config.json").read_text())["arch"] == "conv4k3s2p1-dense1"
+    ste = torch.load(out / "ste" / "checkpoint.pt", weights_only=False)["trainer"]["model"]
+    assert ste["fields.0"].shape == (4, 1, 3, 3) and ste["fields.1"].shape == (1, 4 * 14 * 14)
