@@ -1,5 +1,6 @@
 // Accuracy tests for bpkernels/special.h (bpk::erfcx, bpk::vexp) against 50-digit mpmath values
-// (special_values.h, written by gen_special_values.py) and dense cross-checks.
+// (special_values.h, written by gen_special_values.py) and dense cross-checks; bpk::vlog,
+// vlog1p and vtanh for float against the libm functions in double, in float ulps.
 //
 // Build standalone (from the repository root):
 //   g++ -std=c++20 -O2 -Icsrc/include cpp_tests/test_special.cpp -lgtest -lgtest_main -pthread
@@ -67,6 +68,7 @@ struct ErrorStats {
   double max_err = 0.0;
   double at = 0.0;
   std::size_t count = 0;
+  const char* unit = "rel err";
 
   void add(double x, double err) {
     ++count;
@@ -76,8 +78,8 @@ struct ErrorStats {
     }
   }
   void print() const {
-    std::printf("[ stats    ] %-44s max rel err %9.3e at x = %-24.17g (%zu points)\n", name.c_str(),
-                max_err, at, count);
+    std::printf("[ stats    ] %-44s max %s %9.3e at x = %-24.17g (%zu points)\n", name.c_str(),
+                unit, max_err, at, count);
   }
 };
 
@@ -426,6 +428,93 @@ TEST(VexpDouble, IsStdExp) {
   EXPECT_EQ(bpk::vexp(kInf), kInf);
   EXPECT_EQ(bpk::vexp(-kInf), 0.0);
   EXPECT_TRUE(std::isnan(bpk::vexp(std::numeric_limits<double>::quiet_NaN())));
+}
+
+// ------------------------------------------------------------------------------------------------
+// vlog, vlog1p, vtanh (float): error in ulps of the float result, against libm in double
+// ------------------------------------------------------------------------------------------------
+
+// |got − ref| in units of the float spacing at ref (subnormal spacing below FLT_MIN).
+double ulp_error(float got, double ref) {
+  if (std::isnan(got) || std::isinf(got)) return double(got) == ref ? 0.0 : kInf;
+  const double a = std::fabs(ref);
+  int e = 0;
+  std::frexp(std::max(a, double(std::numeric_limits<float>::min())), &e);
+  return std::fabs(double(got) - ref) / std::ldexp(1.0, e - 24);
+}
+
+template <typename F, typename G>
+ErrorStats ulp_sweep(const char* name, const std::vector<float>& xs, F fn, G ref) {
+  std::vector<float> ys(xs.size());
+  for (std::size_t i = 0; i < xs.size(); ++i) ys[i] = fn(xs[i]);  // an array loop, as in kernels
+  ErrorStats stats{name};
+  stats.unit = "ulp";
+  for (std::size_t i = 0; i < xs.size(); ++i) stats.add(xs[i], ulp_error(ys[i], ref(double(xs[i]))));
+  stats.print();
+  return stats;
+}
+
+constexpr float kFltMax = std::numeric_limits<float>::max();
+
+TEST(VlogFloat, UlpErrorVsStdLog) {
+  const auto f = [](float x) { return bpk::vlog(x); };
+  const auto ref = [](double x) { return std::log(x); };
+  const ErrorStats all = ulp_sweep("vlog<float> (0, FLT_MAX], every 61st", float_sweep(0.0f, kFltMax, 61), f, ref);
+  const ErrorStats one = ulp_sweep("vlog<float> [0.5, 2], every 7th", float_sweep(0.5f, 2.0f, 7), f, ref);
+  EXPECT_LE(all.max_err, 2.0) << "at x = " << all.at;
+  EXPECT_LE(one.max_err, 2.0) << "at x = " << one.at;
+}
+
+TEST(Vlog1pFloat, UlpErrorVsStdLog1p) {
+  const auto f = [](float x) { return bpk::vlog1p(x); };
+  const auto ref = [](double x) { return std::log1p(x); };
+  const ErrorStats near = ulp_sweep("vlog1p<float> [-1, 1], every 31st", float_sweep(-1.0f, 1.0f, 31), f, ref);
+  const ErrorStats big = ulp_sweep("vlog1p<float> [1, FLT_MAX], every 61st", float_sweep(1.0f, kFltMax, 61), f, ref);
+  EXPECT_LE(near.max_err, 4.0) << "at x = " << near.at;
+  EXPECT_LE(big.max_err, 4.0) << "at x = " << big.at;
+}
+
+TEST(VtanhFloat, UlpErrorVsStdTanh) {
+  const ErrorStats stats = ulp_sweep("vtanh<float> [-FLT_MAX, FLT_MAX], every 31st",
+                                     float_sweep(-kFltMax, kFltMax, 31),
+                                     [](float x) { return bpk::vtanh(x); },
+                                     [](double x) { return std::tanh(x); });
+  EXPECT_LE(stats.max_err, 2.5) << "at x = " << stats.at;
+}
+
+TEST(VlogVlog1pVtanhFloat, SpecialValues) {
+  using L = std::numeric_limits<float>;
+  const float inf = L::infinity(), nan = L::quiet_NaN();
+  EXPECT_EQ(bpk::vlog(1.0f), 0.0f);
+  EXPECT_EQ(bpk::vlog(0.0f), -inf);
+  EXPECT_EQ(bpk::vlog(-0.0f), -inf);
+  EXPECT_EQ(bpk::vlog(inf), inf);
+  EXPECT_TRUE(std::isnan(bpk::vlog(-1.0f)));
+  EXPECT_TRUE(std::isnan(bpk::vlog(-inf)));
+  EXPECT_TRUE(std::isnan(bpk::vlog(nan)));
+  EXPECT_NEAR(bpk::vlog(L::denorm_min()), std::log(double(L::denorm_min())), 1e-5);
+  EXPECT_EQ(bpk::vlog1p(0.0f), 0.0f);
+  EXPECT_TRUE(std::signbit(bpk::vlog1p(-0.0f)));
+  EXPECT_EQ(bpk::vlog1p(-1.0f), -inf);
+  EXPECT_EQ(bpk::vlog1p(inf), inf);
+  EXPECT_EQ(bpk::vlog1p(1e-30f), 1e-30f);
+  EXPECT_TRUE(std::isnan(bpk::vlog1p(-2.0f)));
+  EXPECT_TRUE(std::isnan(bpk::vlog1p(nan)));
+  EXPECT_EQ(bpk::vtanh(0.0f), 0.0f);
+  EXPECT_TRUE(std::signbit(bpk::vtanh(-0.0f)));
+  EXPECT_EQ(bpk::vtanh(inf), 1.0f);
+  EXPECT_EQ(bpk::vtanh(-inf), -1.0f);
+  EXPECT_EQ(bpk::vtanh(L::denorm_min()), L::denorm_min());
+  EXPECT_TRUE(std::isnan(bpk::vtanh(nan)));
+}
+
+TEST(VlogVlog1pVtanhDouble, AreLibm) {
+  for (double x : {1e-300, 0.3, 1.0, 2.5, 1e300}) {
+    EXPECT_EQ(bpk::vlog(x), std::log(x));
+    EXPECT_EQ(bpk::vlog1p(x), std::log1p(x));
+    EXPECT_EQ(bpk::vtanh(x), std::tanh(x));
+    EXPECT_EQ(bpk::vtanh(-x), std::tanh(-x));
+  }
 }
 
 }  // namespace

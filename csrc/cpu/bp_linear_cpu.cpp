@@ -23,6 +23,23 @@ at::Tensor contiguous_or_null(const std::optional<at::Tensor>& t) {
   return t ? t->contiguous() : at::Tensor();
 }
 
+// Runs body(e) for every e in [0, n): chunks of at least `grain` elements in parallel, each chunk
+// an `omp simd` loop compiled for the widest vector ISA of the processor (isa.h). The body must
+// be always-inline and branch-free for the loop to vectorise (the float maths of special.h is).
+template <typename Body>
+BPK_ALWAYS_INLINE void simd_range(int64_t begin, int64_t end, const Body& body) {
+#pragma omp simd
+  for (int64_t e = begin; e < end; ++e) body(e);
+}
+
+template <typename Body>
+void parallel_simd_for(int64_t n, int64_t grain, const Body& body) {
+  const CpuIsa isa = cpu_isa();
+  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
+    BPK_ISA_DISPATCH(isa, simd_range(begin, end, body));
+  });
+}
+
 // ---- x̂ = tanh(u + b), Δ = 1 − x̂² ------------------------------------------------------
 
 std::tuple<at::Tensor, at::Tensor> linear_input_cpu(const at::Tensor& u,
@@ -37,11 +54,15 @@ std::tuple<at::Tensor, at::Tensor> linear_input_cpu(const at::Tensor& u,
     const scalar_t* pb = bc.defined() ? bc.const_data_ptr<scalar_t>() : nullptr;
     scalar_t* px = x_hat.mutable_data_ptr<scalar_t>();
     scalar_t* pd = delta.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, uc.numel(), kGrainElems, [&](int64_t begin, int64_t end) {
-      for (int64_t e = begin; e < end; ++e) {
-        input_moments<scalar_t>(pu[e], pb ? pb[e] : scalar_t(0), px[e], pd[e]);
-      }
-    });
+    if (pb) {
+      parallel_simd_for(uc.numel(), kGrainElems, [=](int64_t e) BPK_ALWAYS_INLINE_LAMBDA {
+        input_moments<scalar_t>(pu[e], pb[e], px[e], pd[e]);
+      });
+    } else {
+      parallel_simd_for(uc.numel(), kGrainElems, [=](int64_t e) BPK_ALWAYS_INLINE_LAMBDA {
+        input_moments<scalar_t>(pu[e], scalar_t(0), px[e], pd[e]);
+      });
+    }
   });
   return {x_hat, delta};
 }
@@ -53,11 +74,9 @@ void fwd_epilogue_cpu(const at::Tensor& omega, at::Tensor& var, at::Tensor& u) {
     const scalar_t* po = omega.const_data_ptr<scalar_t>();
     scalar_t* pv = var.mutable_data_ptr<scalar_t>();
     scalar_t* pu = u.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, omega.numel(), kGrainElems / 16, [&](int64_t begin, int64_t end) {
-      for (int64_t e = begin; e < end; ++e) {
-        pv[e] += scalar_t(kVarEps);
-        pu[e] = upfield<scalar_t>(po[e], std::sqrt(pv[e]));
-      }
+    parallel_simd_for(omega.numel(), kGrainElems / 4, [=](int64_t e) BPK_ALWAYS_INLINE_LAMBDA {
+      pv[e] += scalar_t(kVarEps);
+      pu[e] = upfield<scalar_t>(po[e], std::sqrt(pv[e]));
     });
   });
 }
@@ -86,8 +105,8 @@ at::Tensor upfield_cpu(const at::Tensor& omega, const at::Tensor& var) {
     const scalar_t* po = oc.const_data_ptr<scalar_t>();
     const scalar_t* pv = vc.const_data_ptr<scalar_t>();
     scalar_t* pu = u.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, oc.numel(), kGrainElems / 16, [&](int64_t begin, int64_t end) {
-      for (int64_t e = begin; e < end; ++e) pu[e] = upfield<scalar_t>(po[e], std::sqrt(pv[e]));
+    parallel_simd_for(oc.numel(), kGrainElems / 4, [=](int64_t e) BPK_ALWAYS_INLINE_LAMBDA {
+      pu[e] = upfield<scalar_t>(po[e], std::sqrt(pv[e]));
     });
   });
   return u;
@@ -109,14 +128,24 @@ std::tuple<at::Tensor, at::Tensor> output_cpu(const at::Tensor& b_top, const at:
     const scalar_t* pv = vc.const_data_ptr<scalar_t>();
     scalar_t* pg = g.mutable_data_ptr<scalar_t>();
     scalar_t* pG = gamma.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, oc.numel(), kGrainElems / 16, [&](int64_t begin, int64_t end) {
-      for (int64_t e = begin; e < end; ++e) {
-        const scalar_t s = std::sqrt(pv[e]);
-        pg[e] = hard ? output_g_hard(output_coef_hard(pb[e], s), po[e])
-                     : output_g(output_coef(pb[e], s), po[e]);
-        pG[e] = output_gamma(pg[e], po[e], pv[e]);
-      }
-    });
+    // g from the coefficients as scalars (see output_g), Γ = g (ω/V + g)
+    if (hard) {
+      parallel_simd_for(oc.numel(), kGrainElems / 4, [=](int64_t e) BPK_ALWAYS_INLINE_LAMBDA {
+        scalar_t alpha, num;
+        output_coef_hard(pb[e], std::sqrt(pv[e]), alpha, num);
+        const scalar_t g_e = output_g_hard(alpha, num, po[e]);
+        pg[e] = g_e;
+        pG[e] = output_gamma(g_e, po[e], pv[e]);
+      });
+    } else {
+      parallel_simd_for(oc.numel(), kGrainElems / 4, [=](int64_t e) BPK_ALWAYS_INLINE_LAMBDA {
+        scalar_t alpha, c, num;
+        output_coef(pb[e], std::sqrt(pv[e]), alpha, c, num);
+        const scalar_t g_e = output_g(alpha, c, num, po[e]);
+        pg[e] = g_e;
+        pG[e] = output_gamma(g_e, po[e], pv[e]);
+      });
+    }
   });
   return {g, gamma};
 }
@@ -263,6 +292,25 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd_bpi_cpu(const at::Tensor& b_top,
 // H_prior = None means H_prior = H (the prior of the first inner iteration, θ = ρH).
 // δ is summed over fixed chunks in a fixed order, so it does not depend on the thread count.
 
+// One chunk [e0, e1) of the update, vectorised; returns Σ |m_new − m_old| over the chunk.
+template <typename T, bool kDampField, bool kMask>
+BPK_ALWAYS_INLINE double field_update_chunk(int64_t e0, int64_t e1, T* field, T* mag, T* sigma,
+                                            const T* h_in, const T* prior, const T* mask, T rho,
+                                            T r, T psi) {
+  double change = 0;
+#pragma omp simd reduction(+ : change)
+  for (int64_t e = e0; e < e1; ++e) {
+    const T msk = kMask ? mask[e] : T(1);
+    const T m_new = kDampField
+                        ? field_update_damped_field(field[e], h_in[e], prior[e], msk, rho, r, psi)
+                        : field_update(field[e], h_in[e], prior[e], mag[e], msk, rho, r, psi);
+    change += std::fabs(static_cast<double>(m_new - mag[e]));
+    mag[e] = m_new;
+    sigma[e] = (T(1) - m_new * m_new) * msk;
+  }
+  return change;
+}
+
 at::Tensor field_update_cpu(at::Tensor& field, at::Tensor& mag, at::Tensor& sigma,
                             const at::Tensor& h_in, const std::optional<at::Tensor>& field_prior,
                             const std::optional<at::Tensor>& mask, double rho, double r,
@@ -287,22 +335,27 @@ at::Tensor field_update_cpu(at::Tensor& field, at::Tensor& mag, at::Tensor& sigm
     scalar_t* pm = mag.mutable_data_ptr<scalar_t>();
     scalar_t* ps = sigma.mutable_data_ptr<scalar_t>();
     const scalar_t* ph = hc.const_data_ptr<scalar_t>();
-    const scalar_t* pp = pc.defined() ? pc.const_data_ptr<scalar_t>() : nullptr;
+    // H_prior = None is H itself (read at e before H[e] is written)
+    const scalar_t* pp = pc.defined() ? pc.const_data_ptr<scalar_t>() : pH;
     const scalar_t* pk = mkc.defined() ? mkc.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t rho_t = rho, r_t = r, psi_t = psi;
+    const CpuIsa isa = cpu_isa();
     at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
       for (int64_t chunk = c0; chunk < c1; ++chunk) {
-        const int64_t e1 = std::min(numel, (chunk + 1) * kChunk);
+        const int64_t e0 = chunk * kChunk, e1 = std::min(numel, e0 + kChunk);
         double change = 0;
-        for (int64_t e = chunk * kChunk; e < e1; ++e) {
-          const scalar_t prior = pp ? pp[e] : pH[e];
-          const scalar_t msk = pk ? pk[e] : scalar_t(1);
-          const scalar_t m_new =
-              damp_field ? field_update_damped_field(pH[e], ph[e], prior, msk, rho_t, r_t, psi_t)
-                         : field_update(pH[e], ph[e], prior, pm[e], msk, rho_t, r_t, psi_t);
-          change += std::fabs(static_cast<double>(m_new - pm[e]));
-          pm[e] = m_new;
-          ps[e] = (scalar_t(1) - m_new * m_new) * msk;
+        if (damp_field && pk) {
+          BPK_ISA_DISPATCH(isa, change = field_update_chunk<scalar_t, true, true>(
+                                    e0, e1, pH, pm, ps, ph, pp, pk, rho_t, r_t, psi_t));
+        } else if (damp_field) {
+          BPK_ISA_DISPATCH(isa, change = field_update_chunk<scalar_t, true, false>(
+                                    e0, e1, pH, pm, ps, ph, pp, pk, rho_t, r_t, psi_t));
+        } else if (pk) {
+          BPK_ISA_DISPATCH(isa, change = field_update_chunk<scalar_t, false, true>(
+                                    e0, e1, pH, pm, ps, ph, pp, pk, rho_t, r_t, psi_t));
+        } else {
+          BPK_ISA_DISPATCH(isa, change = field_update_chunk<scalar_t, false, false>(
+                                    e0, e1, pH, pm, ps, ph, pp, pk, rho_t, r_t, psi_t));
         }
         partial[chunk] = change;
       }

@@ -7,8 +7,11 @@
 
 #if defined(__GNUC__)
 #define BPK_ALWAYS_INLINE __attribute__((always_inline)) inline
+// After a lambda's parameter list: [=](int64_t e) BPK_ALWAYS_INLINE_LAMBDA { ... }
+#define BPK_ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
 #else
 #define BPK_ALWAYS_INLINE inline
+#define BPK_ALWAYS_INLINE_LAMBDA
 #endif
 
 namespace bpk {

@@ -4,6 +4,7 @@
 #pragma once
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "bpkernels/macros.h"
 #include "bpkernels/special.h"
@@ -25,7 +26,7 @@ BPK_HD T inf_value() {
 // downward field:  x̂ = tanh(u + b),  Δ = 1 − x̂².
 template <typename T>
 BPK_HD void input_moments(T u, T b, T& x_hat, T& delta) {
-  x_hat = std::tanh(u + b);
+  x_hat = vtanh(u + b);
   delta = T(1) - x_hat * x_hat;
 }
 
@@ -36,9 +37,26 @@ BPK_HD void input_moments(T u, T b, T& x_hat, T& delta) {
 //   y ≥ 1/2:  sgn(ω) · ½ [ln 2 + log1p(−½ erfcx(y) e^{−y²}) − ln erfcx(y) + y²],
 // which never rounds erf to 1 and grows like ω²/(4s²) (spec §2.2 says ω²/(2V); the
 // asymptote of ½ ln(2/erfc y) is y²/2 = ω²/(4s²)) (pitfall §10.2).
+// Host float: both branches are evaluated branch-free and blended (the CPU loops vectorise),
+// with erf y = (2/√π) y Σ_n (−y²)ⁿ/(n!(2n+1)) to n = 7 (first omitted term < 1e-9 relative at
+// y = ½) and atanh e = ½ log1p(2e/(1 − e)).
 template <typename T>
 BPK_HD T upfield(T omega, T s) {
   const T y = std::fabs(omega) * (T(kInvSqrt2) / s);
+#if !defined(__CUDA_ARCH__)
+  if constexpr (std::is_same<T, float>::value) {
+    const float ys = select(y < 0.5f, y, 0.5f), yl = select(y < 0.5f, 0.5f, y);
+    const float z = ys * ys;
+    const float erf_y = 1.1283792f * ys * (1.0f + z * (-0.33333334f + z * (0.1f + z * (-0.023809524f
+                          + z * (0.0046296296f + z * (-0.00075757576f + z * (0.00010683761f
+                          + z * -1.3227513e-05f)))))));
+    const float small = 0.5f * vlog1p(2.0f * erf_y / (1.0f - erf_y));
+    const float ex = erfcx(yl);
+    const float large = 0.5f * (float(kLn2) + vlog1p(-0.5f * ex * vexp(-yl * yl)) - vlog(ex) + yl * yl);
+    const float mag = select(y < 0.5f, small, large);
+    return select(omega < 0.0f, -mag, mag);
+  }
+#endif
   T mag;
   if (y < T(0.5)) {
     mag = std::atanh(std::erf(y));
@@ -66,26 +84,44 @@ struct OutputCoef {
 template <typename T>
 BPK_HD T soft_label_log_ratio(T b) {
   const T ab = std::fabs(b);
-  return T(kLn2) - T(2) * ab - std::log1p(-std::exp(T(-2) * ab));
+  return T(kLn2) - T(2) * ab - vlog1p(-vexp(T(-2) * ab));
 }
 
-// Coefficients for a finite or infinite downward field b on the unit's output.
+// Coefficients for a finite or infinite downward field b on the unit's output, as scalars (the
+// form the CPU's vectorised loops call: GCC does not vectorise a loop that builds a struct per
+// iteration) and as an OutputCoef.
+template <typename T>
+BPK_HD void output_coef(T b, T s, T& alpha, T& c, T& num) {
+  const T sgn = select(b < T(0), T(-1), T(1));
+  alpha = -sgn * T(kInvSqrt2) / s;
+  c = soft_label_log_ratio(b);
+  num = sgn * T(kSqrt2OverPi) / s;
+}
+
 template <typename T>
 BPK_HD OutputCoef<T> output_coef(T b, T s) {
-  const T sgn = b < T(0) ? T(-1) : T(1);
-  return {-sgn * T(kInvSqrt2) / s, soft_label_log_ratio(b), sgn * T(kSqrt2OverPi) / s};
+  OutputCoef<T> k;
+  output_coef(b, s, k.alpha, k.c, k.num);
+  return k;
 }
 
-// Coefficients for a hard label y = ±1 (the perceptron channel, b = y·∞).
+// Coefficients for a hard label y = ±1 (the perceptron channel, b = y·∞; c = −∞).
+template <typename T>
+BPK_HD void output_coef_hard(T y, T s, T& alpha, T& num) {
+  const T sgn = select(y < T(0), T(-1), T(1));
+  alpha = -sgn * T(kInvSqrt2) / s;
+  num = sgn * T(kSqrt2OverPi) / s;
+}
+
 template <typename T>
 BPK_HD OutputCoef<T> output_coef_hard(T y, T s) {
-  const T sgn = y < T(0) ? T(-1) : T(1);
-  return {-sgn * T(kInvSqrt2) / s, -inf_value<T>(), sgn * T(kSqrt2OverPi) / s};
+  OutputCoef<T> k;
+  output_coef_hard(y, s, k.alpha, k.num);
+  k.c = -inf_value<T>();
+  return k;
 }
 
-// g at preactivation mean ω (cavity or not) for a soft field, from the coefficients as
-// scalars (the form the CPU's vectorised loops call: GCC does not vectorise a loop that builds
-// a struct per iteration):
+// g at preactivation mean ω (cavity or not) for a soft field, from the coefficients as scalars:
 //   g = num / [exp(x² + c) + erfcx(x)],  x = alpha ω.
 template <typename T>
 BPK_HD T output_g(T alpha, T c, T num, T omega) {
@@ -130,7 +166,7 @@ BPK_HD T argmax_g_wrong_class(T omega_true, T omega_k, T var_true, T var_k) {
 template <typename T>
 BPK_HD T field_update(T& field, T h_in, T field_prior, T mag, T mask, T rho, T r, T psi) {
   field = h_in + r * field + rho * field_prior;
-  return (psi * mag + (T(1) - psi) * std::tanh(field)) * mask;
+  return (psi * mag + (T(1) - psi) * vtanh(field)) * mask;
 }
 
 // ArgMax layer variant: the field is damped, not the magnetisation (spec §4.5):
@@ -138,7 +174,7 @@ BPK_HD T field_update(T& field, T h_in, T field_prior, T mag, T mask, T rho, T r
 template <typename T>
 BPK_HD T field_update_damped_field(T& field, T h_in, T field_prior, T mask, T rho, T r, T psi) {
   field = psi * field + (T(1) - psi) * (h_in + r * field + rho * field_prior);
-  return std::tanh(field) * mask;
+  return vtanh(field) * mask;
 }
 
 }  // namespace bpk
