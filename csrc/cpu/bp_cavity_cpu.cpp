@@ -16,7 +16,7 @@ namespace {
 // (x_in = u of the layer below), x̃ = x_in for the first layer (no b̃).
 template <typename T>
 inline T cavity_input(T x_in, const T* b_cav, int64_t e) {
-  return b_cav ? std::tanh(x_in + b_cav[e]) : x_in;
+  return b_cav ? vtanh(x_in + b_cav[e]) : x_in;
 }
 
 // Shared validation; returns (B, N, K).
@@ -162,7 +162,7 @@ void cavity_update_cpu(at::Tensor& mag_cav, const std::optional<at::Tensor>& b_c
           const scalar_t xc = cavity_input(x[a], pb, row + a);
           const scalar_t g_cav = output_g(coef, rows.omega[k * B + a] - m * xc);
           if (pb) pb[row + a] = pbsum[i * B + a] - m * g_cav;
-          pm[row + a] = psi_t * m + (scalar_t(1) - psi_t) * std::tanh(H - g_cav * xc) * msk;
+          pm[row + a] = psi_t * m + (scalar_t(1) - psi_t) * vtanh(H - g_cav * xc) * msk;
         }
       }
     });
