@@ -1,6 +1,6 @@
-"""Per-layer step timing of a message-passing conv layer, two implementations: the library's
-(im2col + the dense operators for BPI, ATen convolutions for MF/AMP) against the other one
-(ATen convolutions, im2col + dense operators), checked to agree in float64 first.
+"""Per-layer step timing of a message-passing conv layer, two implementations: ATen
+convolutions (BPConv2d's path for MF and AMP) against im2col + the dense operators (BPLayer's
+path, which BPConv2d takes for BPI), checked to agree in float64 first.
 
     python benchmarks/bench_conv.py --threads 2
 
@@ -11,50 +11,30 @@ Training runs of conv nets go through the command line, e.g.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import device_name, git_commit  # noqa: E402
-from bpkernels import ops  # noqa: E402
 from bpkernels.conv import BPConv2d  # noqa: E402
 from bpkernels.nn import BPLayer  # noqa: E402
-from bpkernels.reference import VAR_EPS  # noqa: E402
 
 # ---- bench: one hidden-layer message-passing step, two implementations --------------------
 
 
-def aten_step(layer: BPConv2d, u: Tensor, b_top: Tensor, algo: str) -> tuple[Tensor, Tensor]:
-    """MF / AMP (τ_max = 1) step of a hidden conv layer with ATen convolutions (spec §9):
-    ω = conv(m, x̂), V = conv(σ, x̂²) + conv(m² + σ, Δ) + ε, b = convᵀ(m, g) [+ x̂ convᵀ(m², Γ)],
-    H_in = Σ g x̂ [+ m Σ Γ x̂²] (conv2d_weight), then the field update. Returns (u_out, b)."""
-    conv = functools.partial(F.conv2d, stride=layer.stride, padding=layer.padding)
-    grad_in = functools.partial(torch.nn.grad.conv2d_input, stride=layer.stride, padding=layer.padding)
-    grad_w = functools.partial(torch.nn.grad.conv2d_weight, stride=layer.stride, padding=layer.padding)
-    mag, sigma = layer.mag, layer.sigma
-    x_hat = torch.tanh(u)
-    delta = 1.0 - x_hat.square()
-    omega = conv(x_hat, mag)
-    var = conv(x_hat.square(), sigma) + conv(delta, mag.square() + sigma) + VAR_EPS
-    shape = omega.shape
-    u_out = ops.bp_upfield(omega.flatten(1), var.flatten(1)).view(shape)
-    g, gamma = (t.view(shape) for t in ops.bp_output(b_top.flatten(1), omega.flatten(1), var.flatten(1)))
-    b = grad_in(x_hat.shape, mag, g)
-    h_in = grad_w(x_hat, mag.shape, g)
-    if algo == "amp":
-        b = b + x_hat * grad_in(x_hat.shape, mag.square(), gamma)
-        h_in = h_in + mag * grad_w(x_hat.square(), mag.shape, gamma)
-    k = mag.shape[0]
-    ops.bp_field_update_(layer.field.view(k, -1), mag.view(k, -1), sigma.view(k, -1), h_in.view(k, -1),
-                         None, None, layer.rho, layer.r, layer.psi)
+def library_step(layer: BPConv2d, u: Tensor, b_top: Tensor) -> tuple[Tensor, Tensor]:
+    """One hidden-layer step (τ_max = 1: forward, backward, field update) through BPConv2d's own
+    path: ATen conv2d / conv2d_input / conv2d_weight for MF and AMP. Returns (u_out, b)."""
+    layer.mp_reset(u.shape[0], 1)
+    u_out = layer.mp_forward(u, first=False)
+    b, _ = layer.mp_backward(b_top, 1)
+    layer.mp_clear()
     return u_out, b
 
 
@@ -102,12 +82,12 @@ def cmd_bench(args) -> None:
             b_top = torch.randn(args.batch, k, out, out, generator=gen, dtype=torch.float64)
             if algo != "bpi":  # the two paths agree (float64) before anything is timed
                 first, second = make(dtype=torch.float64), make(dtype=torch.float64)
-                for a, b in zip(im2col_step(first, u, b_top), aten_step(second, u, b_top, algo)):
+                for a, b in zip(im2col_step(first, u, b_top), library_step(second, u, b_top)):
                     torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
                 torch.testing.assert_close(first.field, second.field, rtol=1e-9, atol=1e-9)
             layer, u32, b32 = make(), u.float(), b_top.float()
             t_im2col = best_ms(lambda: im2col_step(layer, u32, b32), args.repeats, args.number)
-            t_aten = (best_ms(lambda: aten_step(layer, u32, b32, algo), args.repeats, args.number)
+            t_aten = (best_ms(lambda: library_step(layer, u32, b32), args.repeats, args.number)
                       if algo != "bpi" else None)
             ratio = None if t_aten is None else t_im2col / t_aten
             rows.append(dict(case=name, algo=algo, im2col_ms=t_im2col, aten_ms=t_aten,

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ops
-from .nn import PSI_DEFAULT, BPLayer, BPLinear, BPSequential
+from .nn import PSI_DEFAULT, BPLayer, BPLinear, BPSequential, per_layer
 from .reference import VAR_EPS
 
 
@@ -353,14 +353,7 @@ def build_arch(spec: str, algo: str = "bpi", num_classes: int = 10,
     output = "sign" if num_classes == 2 else "argmax"
     n_bp = len(specs)
 
-    def per_layer(value, name):
-        if value is None or isinstance(value, (int, float)):
-            return [value] * n_bp
-        if len(value) != n_bp:
-            raise ValueError(f"{name} needs one value per layer ({n_bp}), got {len(value)}")
-        return list(value)
-
-    rhos, psis = per_layer(rho, "rho"), per_layer(psi, "psi")
+    rhos, psis = per_layer(rho, "rho", n_bp), per_layer(psi, "psi", n_bp)
     gen = torch.Generator().manual_seed(seed)
     common = dict(algo=algo, r=r, init_std=init_std, density=density, generator=gen, dtype=dtype,
                   device=device)

@@ -484,6 +484,15 @@ class BPSequential(nn.Module):
         return float((pred != y.to(pred.device, pred.dtype)).double().mean())
 
 
+def per_layer(value, name: str, n_layers: int) -> list:
+    """A hyper-parameter given as one value (or None) for every layer, or as one per layer."""
+    if value is None or isinstance(value, (int, float)):
+        return [value] * n_layers
+    if len(value) != n_layers:
+        raise ValueError(f"{name} needs one value per layer ({n_layers}), got {len(value)}")
+    return list(value)
+
+
 def mlp(sizes: list[int], algo: str = "bpi", output: str = "argmax", flatten: bool = False,
         rho: list[float] | float | None = None, psi: list[float] | float = PSI_DEFAULT,
         r: float = 0.0, init_std: float = 1.0, density: float | None = None, seed: int = 0,
@@ -496,14 +505,7 @@ def mlp(sizes: list[int], algo: str = "bpi", output: str = "argmax", flatten: bo
     if n_layers < 1:
         raise ValueError("sizes needs at least an input and an output size")
 
-    def per_layer(value, name):
-        if value is None or isinstance(value, (int, float)):
-            return [value] * n_layers
-        if len(value) != n_layers:
-            raise ValueError(f"{name} needs one value per layer ({n_layers}), got {len(value)}")
-        return list(value)
-
-    rhos, psis = per_layer(rho, "rho"), per_layer(psi, "psi")
+    rhos, psis = per_layer(rho, "rho", n_layers), per_layer(psi, "psi", n_layers)
     gen = torch.Generator().manual_seed(seed)
     layers: list[nn.Module] = [nn.Flatten()] if flatten else []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
