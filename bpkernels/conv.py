@@ -35,7 +35,7 @@ Two implementations, by variant:
   every AMP term; U, g, Γ and the field update are the elementwise operators. Measured per
   hidden-layer step (forward + backward + field update, float32, B = 128, 2 CPU threads,
   ``python benchmarks/bench_conv.py``, ``benchmarks/results/conv_step_cpu.json``), this takes
-  0.25–0.45× the time of im2col + dense operators on 32→64 channel layers and 0.8× on a 1→32
+  0.3–0.4× the time of im2col + dense operators on 32→64 channel layers and 0.85× on a 1→32
   first layer, so im2col is kept for BPI only.
 
 Point-wise and Bayesian predictions use ``conv2d`` for every variant (no patch matrix).
