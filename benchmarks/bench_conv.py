@@ -22,8 +22,8 @@ from torch import Tensor
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import device_name, git_commit  # noqa: E402
+from bpkernels.algorithms import lookup  # noqa: E402
 from bpkernels.conv import BPConv2d  # noqa: E402
-from bpkernels.nn import BPLayer  # noqa: E402
 
 # ---- bench: one hidden-layer message-passing step, two implementations --------------------
 
@@ -31,21 +31,22 @@ from bpkernels.nn import BPLayer  # noqa: E402
 def library_step(layer: BPConv2d, u: Tensor, b_top: Tensor) -> tuple[Tensor, Tensor]:
     """One hidden-layer step (τ_max = 1: forward, backward, field update) through BPConv2d's own
     path: ATen conv2d / conv2d_input / conv2d_weight for MF and AMP. Returns (u_out, b)."""
-    layer.mp_reset(u.shape[0], 1)
-    u_out = layer.mp_forward(u, first=False)
-    b, _ = layer.mp_backward(b_top, 1)
-    layer.mp_clear()
+    st = layer.mp_begin(1)
+    u_out = layer.mp_forward(st, u, first=False)
+    b, h_in = layer.mp_backward(st, b_top)
+    layer.mp_update(st, h_in)
     return u_out, b
 
 
 def im2col_step(layer: BPConv2d, u: Tensor, b_top: Tensor) -> tuple[Tensor, Tensor]:
     """The same step through the rows: im2col, the dense operators, col2im (BPLayer's path,
-    which BPConv2d takes for BPI). Returns (u_out, b)."""
-    layer.mp_reset(u.shape[0], 1)
-    u_out = BPLayer.mp_forward(layer, u, first=False)
-    b, _ = BPLayer.mp_backward(layer, b_top, 1)
-    layer.mp_clear()
-    return u_out, b
+    which BPConv2d takes for BPI): the layer run with the row version of its algorithm.
+    Returns (u_out, b)."""
+    image_algorithm, layer.algorithm = layer.algorithm, lookup(layer.algo)
+    try:
+        return library_step(layer, u, b_top)
+    finally:
+        layer.algorithm = image_algorithm
 
 
 def best_ms(fn, repeats: int, number: int) -> float:

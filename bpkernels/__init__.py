@@ -9,11 +9,16 @@ import torch  # noqa: F401  (loads libtorch, which _C links against)
 from . import _C  # noqa: F401  (loads the library; its static initialisers register the ops)
 from . import _ops  # noqa: F401  (fake kernels)
 from . import data, ops, reference
-from .conv import BPConv2d, build_arch
-from .nn import BPLinear, BPSequential, mlp
-from .train import evaluate, fit, load_model
+from .algorithms import ALGORITHMS, Algorithm, register_algorithm
+from .arch import build_arch, mlp, parse_arch
+from .conv import BPConv2d
+from .layers import BPLayer, BPLinear, register_layer
+from .sequential import BPSequential
+from .train import MessagePassingTrainer, Trainer, evaluate, fit, load_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["BPConv2d", "BPLinear", "BPSequential", "build_arch", "mlp", "fit", "evaluate", "load_model", "data", "ops",
-           "reference", "__version__"]
+__all__ = ["ALGORITHMS", "Algorithm", "BPConv2d", "BPLayer", "BPLinear", "BPSequential",
+           "MessagePassingTrainer", "Trainer", "build_arch", "data", "evaluate", "fit",
+           "load_model", "mlp", "ops", "parse_arch", "reference", "register_algorithm",
+           "register_layer", "__version__"]

@@ -12,7 +12,8 @@ import sys
 import torch
 
 from . import data as datasets
-from .nn import ALGOS, mlp
+from .algorithms import ALGORITHMS
+from .arch import build_arch, mlp
 from .runlog import plot_errors
 from .train import evaluate, fit, load_model
 
@@ -61,7 +62,7 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_mp_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--algo", default="bpi", choices=list(ALGOS), help="message-passing variant")
+    p.add_argument("--algo", default="bpi", choices=list(ALGORITHMS), help="message-passing variant")
     p.add_argument("--rho", type=float, nargs="*", default=None,
                    help="PasP exponent ρ: one value, or one per layer (default 1.0001 hidden, 0.9 output)")
     p.add_argument("--psi", type=float, nargs="*", default=[0.8],
@@ -75,7 +76,7 @@ def add_mp_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default=None,
                    help="an architecture string instead of --hidden (message passing and the "
                         "gradient baselines), e.g. conv32k5s2p2-conv64k3s2p1-dense10 "
-                        "(see bpkernels.conv.build_arch)")
+                        "(see bpkernels.arch.build_arch)")
     p.add_argument("--preset", default=None,
                    help="gradient baselines: a named recipe (e.g. binarynet-mnist, det-uniform)")
     p.add_argument("--opt", action="append", default=None, metavar="KEY=VALUE",
@@ -93,8 +94,6 @@ def run_message_passing(args, data, device, run_dir):
     factory = dict(r=args.r, init_std=args.init_std, density=args.density, seed=args.seed,
                    dtype=getattr(torch, args.dtype), device=device)
     if getattr(args, "arch", None):
-        from .conv import build_arch
-
         n_layers = sum(token.startswith(("conv", "dense")) for token in args.arch.lower().split("-"))
         model = build_arch(args.arch, algo=args.algo, num_classes=data.num_classes,
                            rho=_per_layer(args.rho, n_layers), psi=_per_layer(args.psi, n_layers),
@@ -111,13 +110,13 @@ def run_message_passing(args, data, device, run_dir):
 
 
 def run_method(method: str, args, data, device, run_dir):
-    if method in ALGOS:
+    if method in ALGORITHMS:
         args = argparse.Namespace(**{**vars(args), "algo": method})
         return run_message_passing(args, data, device, run_dir)
     from .baselines import BASELINE_METHODS, train_baseline
 
     if method not in BASELINE_METHODS:
-        raise SystemExit(f"error: unknown method {method!r}; choose from {ALGOS + BASELINE_METHODS}")
+        raise SystemExit(f"error: unknown method {method!r}; choose from {tuple(ALGORITHMS) + BASELINE_METHODS}")
     return train_baseline(method, data, hidden=args.hidden, arch=getattr(args, "arch", None),
                           epochs=args.epochs,
                           batch_size=args.batch_size or 128, seed=args.seed, device=device,

@@ -61,6 +61,53 @@ class Dataset:
                        self.num_classes, self.name)
 
 
+def _tensors(source, what: str) -> tuple[Tensor, Tensor]:
+    """(x [P, ...], y [P]) from a pair of tensors, a map-style torch Dataset or a DataLoader of
+    (x, y) pairs (every item read once, in order)."""
+    if isinstance(source, (tuple, list)) and len(source) == 2 and all(
+            isinstance(t, Tensor) for t in source):
+        x, y = source
+    elif isinstance(source, torch.utils.data.DataLoader) or hasattr(source, "__getitem__"):
+        batches = source if isinstance(source, torch.utils.data.DataLoader) else (
+            source[i] for i in range(len(source)))
+        xs, ys, batched = [], [], isinstance(source, torch.utils.data.DataLoader)
+        for item in batches:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise TypeError(f"the {what} data must yield (x, y) pairs, got {type(item).__name__}")
+            x_i, y_i = (torch.as_tensor(t) for t in item)
+            xs.append(x_i if batched else x_i.unsqueeze(0))
+            ys.append(y_i.reshape(-1))
+        if not xs:
+            raise ValueError(f"the {what} data is empty")
+        x, y = torch.cat(xs), torch.cat(ys)
+    else:
+        raise TypeError(f"the {what} data must be a Dataset of bpkernels.data, a pair of tensors "
+                        f"(x, y), a torch Dataset or a DataLoader, got {type(source).__name__}")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"the {what} data has {x.shape[0]} inputs but {y.shape[0]} labels")
+    return x, y
+
+
+def as_dataset(train, test=None, name: str = "tensors") -> Dataset:
+    """A :class:`Dataset` from a Dataset (returned as it is), or from training data ``train``
+    and optional test data ``test``, each a pair of tensors (x [P, ...], y [P]), a map-style
+    torch Dataset or a DataLoader of (x, y) pairs. Integer labels make a multi-class task
+    (classes 0..max label); floating labels must be ±1 (a binary task). Inputs are flattened
+    to [P, D]."""
+    if isinstance(train, Dataset):
+        if test is not None:
+            raise ValueError("test data goes inside the Dataset")
+        return train
+    train_x, train_y = _tensors(train, "training")
+    if test is None:
+        test_x, test_y = train_x[:0], train_y[:0]
+    else:
+        test_x, test_y = _tensors(test, "test")
+    floating = train_y.is_floating_point()
+    num_classes = 2 if floating else int(max(train_y.max(), test_y.max() if test_y.numel() else 0)) + 1
+    return Dataset(train_x.flatten(1), train_y, test_x.flatten(1), test_y, num_classes, name)
+
+
 def read_idx(path: str) -> np.ndarray:
     """Reads one IDX file (gzip or plain): big-endian magic 0x0000080D, D = byte 3, then D
     big-endian uint32 sizes, then uint8 data."""

@@ -28,7 +28,16 @@ def bp_linear_input(u: Tensor, b: Tensor | None = None) -> tuple[Tensor, Tensor]
     return _ops.bp_linear_input.default(u, b)
 
 
-def bp_linear_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, sigma: Tensor):
+def bp_weight_var(mag, mask=None):  # TEMP shim until the kernel branch lands
+    field = torch.zeros_like(mag)
+    m, s = mag.clone(), torch.empty_like(mag)
+    _ops.bp_field_update_.default(field.view(mag.shape[0], -1), m.view(mag.shape[0], -1), s.view(mag.shape[0], -1),
+                                  field.view(mag.shape[0], -1), None,
+                                  None if mask is None else mask.view(mag.shape[0], -1), 1.0, 0.0, 1.0, False)
+    return s
+
+
+def bp_linear_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, mask: Tensor | None = None):
     r"""Preactivation moments and upward field (spec §4.0).
 
     .. math::
@@ -41,10 +50,10 @@ def bp_linear_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, sigma: Tenso
     Returns:
         (omega, var, u), each [B, K].
     """
-    return _ops.bp_linear_fwd.default(x_hat, delta, mag, sigma)
+    return _ops.bp_linear_fwd.default(x_hat, delta, mag, bp_weight_var(mag, mask))
 
 
-def bp_linear_fwd_amp(x_hat, delta, mag, sigma, g_old, x_hat_old, mag_old):
+def bp_linear_fwd_amp(x_hat, delta, mag, mask, g_old, x_hat_old, mag_old):
     r"""AMP forward with the Onsager terms of the previous inner iteration (spec §4.4):
 
     .. math::
@@ -53,7 +62,7 @@ def bp_linear_fwd_amp(x_hat, delta, mag, sigma, g_old, x_hat_old, mag_old):
 
     Args: as :func:`bp_linear_fwd`, plus g_old [B, K], x_hat_old [B, N], mag_old [K, N].
     """
-    return _ops.bp_linear_fwd_amp.default(x_hat, delta, mag, sigma, g_old, x_hat_old, mag_old)
+    return _ops.bp_linear_fwd_amp.default(x_hat, delta, mag, bp_weight_var(mag, mask), g_old, x_hat_old, mag_old)
 
 
 def bp_upfield(omega: Tensor, var: Tensor) -> Tensor:
@@ -104,7 +113,7 @@ def bp_linear_bwd_mf(g: Tensor, x_hat: Tensor, mag: Tensor, compute_b: bool = Tr
     return _ops.bp_linear_bwd_mf.default(g, x_hat, mag, compute_b)
 
 
-def bp_linear_bwd_amp(g, gamma, x_hat, delta, mag, sigma, g_old=None, x_hat_old=None, mag_old=None,
+def bp_linear_bwd_amp(g, gamma, x_hat, delta, mag, mask, g_old=None, x_hat_old=None, mag_old=None,
                       compute_b: bool = True):
     r"""AMP backward (spec §4.4): MF plus the self-reaction terms, and the Onsager terms when the
     previous iteration's (g_old [B, K], x_hat_old [B, N], mag_old [K, N]) are given:
@@ -116,7 +125,7 @@ def bp_linear_bwd_amp(g, gamma, x_hat, delta, mag, sigma, g_old=None, x_hat_old=
         H_{in} = g^\top\hat x + m\odot(\Gamma^\top\hat x^2) - m^{old}\odot((g\odot g^{old})^\top\Delta)
             - m\odot m^{old}\odot((g^{old}\odot\Gamma)^\top(\Delta\odot\hat x))
     """
-    return _ops.bp_linear_bwd_amp.default(g, gamma, x_hat, delta, mag, sigma, g_old, x_hat_old,
+    return _ops.bp_linear_bwd_amp.default(g, gamma, x_hat, delta, mag, bp_weight_var(mag, mask), g_old, x_hat_old,
                                           mag_old, compute_b)
 
 
@@ -166,7 +175,7 @@ def bp_cavity_update_(mag_cav, b_cav, b_top, omega, var, x_in, b, field, mask, p
     _ops.bp_cavity_update_.default(mag_cav, b_cav, b_top, omega, var, x_in, b, field, mask, psi, hard)
 
 
-def bp_field_update_(field, mag, sigma, h_in, field_prior=None, mask=None, rho: float = 1.0,
+def bp_field_update_(field, mag, h_in, field_prior=None, mask=None, rho: float = 1.0,
                      r: float = 0.0, psi: float = 0.8, damp_field: bool = False) -> Tensor:
     r"""In-place field / reinforcement / damping update of a layer (spec §4.1 step 4, §4.5, §5.1):
 
@@ -181,12 +190,12 @@ def bp_field_update_(field, mag, sigma, h_in, field_prior=None, mask=None, rho: 
     Returns:
         The convergence monitor :math:`\delta = \mathrm{mean}\,|m_{new} - m_{old}|` as a 0-dim tensor.
     """
-    return _ops.bp_field_update_.default(field, mag, sigma, h_in, field_prior, mask, rho, r, psi,
+    return _ops.bp_field_update_.default(field, mag, torch.empty_like(mag), h_in, field_prior, mask, rho, r, psi,
                                          damp_field)
 
 
-def bp_bayes_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, sigma: Tensor):
+def bp_bayes_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, mask: Tensor | None = None):
     r"""Bayesian moment propagation through one layer (spec §6):
     :math:`\hat x' = \operatorname{erf}(\omega/\sqrt{2V})`, :math:`\Delta' = 1 - \hat x'^2` with ω, V as
     :func:`bp_linear_fwd`. Returns (x_hat_out, delta_out), each [B, K]."""
-    return _ops.bp_bayes_fwd.default(x_hat, delta, mag, sigma)
+    return _ops.bp_bayes_fwd.default(x_hat, delta, mag, bp_weight_var(mag, mask))

@@ -1,83 +1,184 @@
-"""The message-passing trainer: posterior-as-prior mini-batch epochs over a dataset held as
-tensors on the training device (spec §3), with per-epoch point-wise and Bayesian errors, a
-metrics file, atomic checkpoints and exact resumption.
+"""The training loop of every method: message passing and the gradient baselines.
+
+:func:`fit` runs epochs of seeded mini-batches over a dataset held as tensors on the training
+device, for any :class:`Trainer`: per-epoch errors, timings and the trainer's own metrics, a
+run folder (config, metrics.jsonl, atomic checkpoints, plot) and exact resumption. The data is
+validated once per run; a step makes no host synchronisation (its statistic stays a tensor
+until the epoch ends). :class:`MessagePassingTrainer` adapts a
+:class:`~bpkernels.sequential.BPSequential`; the gradient baselines' trainers live in
+:mod:`bpkernels.baselines`.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from .data import Dataset
-from .nn import BPSequential
+from .data import Dataset, as_dataset
 from .runlog import RunLog
+from .sequential import BPSequential
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffle of one epoch, a function of (seed, epoch) only, so that a resumed run draws
-    exactly the batches of the uninterrupted one."""
+    exactly the batches of the uninterrupted one, and every method the same batches."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=gen)
 
 
+class Trainer(Protocol):
+    """What :func:`fit` needs of a method."""
+
+    method: str
+    device: torch.device
+
+    def prepare(self, data: Dataset) -> Dataset:
+        """The dataset on the training device and dtype, validated once for the whole run."""
+
+    def step(self, x: Tensor, y: Tensor) -> Tensor:
+        """One update on the mini-batch x [B, ...], y [B]; returns a 0-dim statistic (δ, loss)."""
+
+    def epoch_metrics(self, stats: list[Tensor]) -> dict:
+        """Metric fields of an epoch from its per-step statistics (one host transfer)."""
+
+    def evaluate(self, data: Dataset, epoch: int, batch_size: int) -> dict:
+        """train_error, test_error, train_error_bayes, test_error_bayes (None where a method
+        has no Bayesian prediction), and method-specific fields."""
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume (tensors and plain data only)."""
+
+    def load_state_dict(self, state: dict) -> None:
+        ...
+
+
 def evaluate(model: BPSequential, data: Dataset, bayes: bool = True) -> dict:
-    """Point-wise (and Bayesian) train/test error of the model."""
-    row = {
-        "train_error": model.error(data.train_x, data.train_y),
-        "test_error": model.error(data.test_x, data.test_y),
-        "train_error_bayes": None,
-        "test_error_bayes": None,
-    }
-    if bayes:
-        row["train_error_bayes"] = model.error(data.train_x, data.train_y, mode="bayes")
-        row["test_error_bayes"] = model.error(data.test_x, data.test_y, mode="bayes")
-    return row
+    """Point-wise (and Bayesian) train/test error of the model (None for an empty test set)."""
+    row = {}
+    for mode, suffix in (("pointwise", ""), ("bayes", "_bayes")):
+        for part, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
+            wanted = (mode == "pointwise" or bayes) and x.shape[0] > 0
+            row[f"{part}_error{suffix}"] = model.error(x, y, mode) if wanted else None
+    return {k: row[k] for k in ("train_error", "test_error", "train_error_bayes", "test_error_bayes")}
 
 
-def _peak_memory(device: torch.device) -> int | None:
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-
-
-def fit(model: BPSequential, data: Dataset, epochs: int, batch_size: int | None = 128,
-        tau_max: int = 1, r_step: float = 0.0, seed: int = 0, run_dir: str | None = None,
-        config: dict | None = None, resume: bool = False, progress: bool = True,
-        eval_bayes: bool = True, method: str | None = None) -> list[dict]:
-    """Trains ``model`` by message passing and returns one metrics row per epoch.
+class MessagePassingTrainer:
+    """A BPSequential trained by posterior-as-prior message passing (docs §3).
 
     Args:
-        model: a BPSequential (its device and dtype are the training device and dtype).
-        data: the dataset; it is moved to the model's device once, as whole tensors.
+        model: the network (its device and dtype are the training device and dtype).
+        tau_max: inner iterations per mini-batch.  r_step: reinforcement schedule.
+        pasp: the layers' priors (False: full-batch mode, θ = 0).
+        eval_bayes: also compute the Bayesian errors each epoch.
+    """
+
+    def __init__(self, model: BPSequential, tau_max: int = 1, r_step: float = 0.0,
+                 pasp: bool = True, eval_bayes: bool = True, method: str | None = None):
+        if tau_max < 1:
+            raise ValueError(f"tau_max must be >= 1, got {tau_max}")
+        self.model, self.tau_max, self.r_step, self.pasp = model, tau_max, r_step, pasp
+        self.eval_bayes = eval_bayes
+        self.method = method or model.bp_layers[0].algo
+        self.device = model.device
+
+    def prepare(self, data: Dataset) -> Dataset:
+        model = self.model
+        if model.num_classes != data.num_classes:
+            raise ValueError(f"the model has {model.num_classes} output classes, the data "
+                             f"{data.name} has {data.num_classes}")
+        data = data.to(device=self.device, dtype=model.dtype)
+        for part in ("train", "test"):
+            x, y = getattr(data, f"{part}_x"), getattr(data, f"{part}_y")
+            if x.shape[0] or part == "train":
+                model.check_labels(y, model.check_inputs(x).shape[0])
+        return data
+
+    def step(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.model.bp_step(x, y, tau_max=self.tau_max, pasp=self.pasp, r_step=self.r_step,
+                                  checked=True)
+
+    def epoch_metrics(self, stats: list[Tensor]) -> dict:
+        deltas = torch.stack(stats).tolist()
+        return {"delta": sum(deltas) / len(deltas)}
+
+    def evaluate(self, data: Dataset, epoch: int, batch_size: int) -> dict:
+        return evaluate(self.model, data, self.eval_bayes)
+
+    def state_dict(self) -> dict:
+        """The architecture, the buffers and the reinforcement state (layer r, schedule clock)."""
+        model = self.model
+        return {"model_config": model.config(), "state_dict": model.state_dict(),
+                "layer_r": [layer.r for layer in model.bp_layers],
+                "reinforcement_calls": model.reinforcement_calls}
+
+    def load_state_dict(self, state: dict) -> None:
+        load_model_state(self.model, state)
+
+
+def load_model_state(model: BPSequential, state: dict) -> None:
+    """Loads a :meth:`MessagePassingTrainer.state_dict` into ``model``."""
+    model.load_state_dict(state["state_dict"])
+    for layer, r in zip(model.bp_layers, state["layer_r"]):
+        layer.r = r
+    model.reinforcement_calls = state["reinforcement_calls"]
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None = 128,
+        tau_max: int = 1, r_step: float = 0.0, seed: int = 0, run_dir: str | None = None,
+        config: dict | None = None, resume: bool = False, progress: bool = True,
+        eval_bayes: bool = True, method: str | None = None, test_data=None) -> list[dict]:
+    """Trains a model (by message passing) or any :class:`Trainer`, and returns one metrics row
+    per epoch.
+
+    Args:
+        model: a BPSequential (trained by :class:`MessagePassingTrainer` with tau_max, r_step,
+            eval_bayes, method), or a Trainer (a gradient baseline, or your own).
+        data: a :class:`~bpkernels.data.Dataset`; or the training set as a pair of tensors
+            (x [P, ...], y [P]), a map-style torch Dataset or a DataLoader of (x, y) pairs,
+            with ``test_data`` the test set in any of these forms (see
+            :func:`bpkernels.data.as_dataset`). It is moved to the training device once, as
+            whole tensors, and validated once.
         epochs: number of epochs (the total, when resuming).
         batch_size: mini-batch size B; each epoch is a seeded shuffle cut into ⌊P/B⌋ batches
             (the last partial batch dropped, as in the paper). None: full-batch mode, one
-            batch of all P samples per epoch with no posterior-as-prior step (θ = 0), where
-            tau_max inner iterations and internal reinforcement (layer r, r_step) do the work.
-        tau_max: inner message-passing iterations per batch.  r_step: reinforcement schedule.
+            batch of all P samples per epoch with no prior (θ = 0), where tau_max inner
+            iterations and internal reinforcement (layer r, r_step) do the work.
         seed: seed of the shuffles.
         run_dir: if given, writes config.json, metrics.jsonl, checkpoint.pt (after every
             epoch, atomically) and errors.png there.
         resume: continue from run_dir/checkpoint.pt; the result is bit-identical to the run
             that was not interrupted.
-        eval_bayes: also compute the Bayesian errors each epoch.
+
+    Rows: epoch, method, train_error, test_error, train_error_bayes, test_error_bayes, the
+    trainer's evaluation fields, seconds (training wall time of the epoch), cpu_seconds,
+    peak_mem_bytes (CUDA, else None), and the trainer's epoch metrics (δ for message passing).
     """
-    first = model.bp_layers[0]
-    device, dtype = first.field.device, first.field.dtype
-    if model.num_classes != data.num_classes:
-        raise ValueError(f"the model has {model.num_classes} output classes, the data "
-                         f"{data.name} has {data.num_classes}")
-    data = data.to(device=device, dtype=dtype)
-    n_train = data.train_x.shape[0]
     full_batch = batch_size is None
+    if isinstance(model, BPSequential):
+        trainer = MessagePassingTrainer(model, tau_max, r_step, not full_batch, eval_bayes, method)
+    else:
+        trainer = model
+    device = trainer.device
+    data = trainer.prepare(as_dataset(data, test_data))
+    n_train = data.train_x.shape[0]
     if full_batch:
         batch_size = n_train
     if not 1 <= batch_size <= n_train:
         raise ValueError(f"batch_size must be in [1, {n_train}], got {batch_size}")
-    method = method or model.bp_layers[0].algo
-    config = dict(config or {}, model=model.config(), epochs=epochs, batch_size=batch_size,
-                  full_batch=full_batch, tau_max=tau_max, r_step=r_step, seed=seed,
-                  dataset_name=data.name, device=str(device), dtype=str(dtype), method=method)
+    if isinstance(model, BPSequential):
+        config = dict(config or {}, model=model.config(), epochs=epochs, batch_size=batch_size,
+                      full_batch=full_batch, tau_max=tau_max, r_step=r_step, seed=seed,
+                      dataset_name=data.name, device=str(model.device), dtype=str(model.dtype),
+                      method=trainer.method)
 
     log = RunLog(run_dir, config, resume=resume) if run_dir else None
     start_epoch = 0
@@ -85,72 +186,56 @@ def fit(model: BPSequential, data: Dataset, epochs: int, batch_size: int | None 
         if log is None:
             raise ValueError("resume=True needs run_dir")
         state = torch.load(log.checkpoint_path, map_location=device, weights_only=False)
-        load_training_state(model, state)
+        trainer.load_state_dict(state["trainer"])
         start_epoch = state["epoch"]
         log.truncate(start_epoch)
     rows = list(log.rows) if log else []
 
     n_batches = n_train // batch_size
     for epoch in range(start_epoch + 1, epochs + 1):
+        order = epoch_permutation(n_train, seed, epoch).to(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        order = epoch_permutation(n_train, seed, epoch).to(device)
-        deltas = []
-        bar = tqdm(range(n_batches), desc=f"epoch {epoch}/{epochs}", disable=not progress,
-                   leave=False, unit="batch")
+        _synchronize(device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        stats = []
+        bar = tqdm(range(n_batches), desc=f"{trainer.method} epoch {epoch}/{epochs}",
+                   disable=not progress, leave=False, unit="batch")
         for j in bar:
             idx = order[j * batch_size:(j + 1) * batch_size]
-            deltas.append(model.bp_step(data.train_x[idx], data.train_y[idx], tau_max=tau_max,
-                                        pasp=not full_batch, r_step=r_step))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        row = dict(epoch=epoch, method=method, **evaluate(model, data, eval_bayes),
-                   seconds=seconds, peak_mem_bytes=_peak_memory(device),
-                   delta=sum(deltas) / len(deltas))
+            stats.append(trainer.step(data.train_x[idx], data.train_y[idx]))
+        _synchronize(device)
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
+        row = {"epoch": epoch, "method": trainer.method}
+        row.update(trainer.evaluate(data, epoch, batch_size))
+        row.update(seconds=seconds, cpu_seconds=cpu_seconds,
+                   peak_mem_bytes=(torch.cuda.max_memory_allocated(device)
+                                   if device.type == "cuda" else None))
+        row.update(trainer.epoch_metrics(stats))
         rows.append(row)
         if progress:
             bayes = (f", Bayes test {100 * row['test_error_bayes']:.2f}%"
                      if row["test_error_bayes"] is not None else "")
-            tqdm.write(f"epoch {epoch}: train {100 * row['train_error']:.2f}%, "
-                       f"test {100 * row['test_error']:.2f}%{bayes}, {seconds:.1f} s")
+            test = f"{100 * row['test_error']:.2f}%" if row["test_error"] is not None else "-"
+            tqdm.write(f"{trainer.method} epoch {epoch}: train {100 * row['train_error']:.2f}%, "
+                       f"test {test}{bayes}, {seconds:.1f} s")
         if log:
             log.log(row)
-            log.save_checkpoint(training_state(model, epoch, config))
+            log.save_checkpoint({"epoch": epoch, "config": config, "trainer": trainer.state_dict()})
     if log and rows:
-        log.plot(title=method)
+        log.plot(title=trainer.method)
     return rows
 
 
-def training_state(model: BPSequential, epoch: int, config: dict) -> dict:
-    """Everything needed to rebuild the model and resume: architecture, buffers, the
-    reinforcement state (layer r and the schedule counter) and the epoch."""
-    return {
-        "epoch": epoch,
-        "config": config,
-        "model_config": model.config(),
-        "state_dict": model.state_dict(),
-        "layer_r": [layer.r for layer in model.bp_layers],
-        "reinforcement_calls": model.reinforcement_calls,
-    }
-
-
-def load_training_state(model: BPSequential, state: dict) -> None:
-    model.load_state_dict(state["state_dict"])
-    for layer, r in zip(model.bp_layers, state["layer_r"]):
-        layer.r = r
-    model.reinforcement_calls = state["reinforcement_calls"]
-
-
 def load_model(checkpoint_path: str, device=None) -> tuple[BPSequential, dict]:
-    """Rebuilds a trained model from a checkpoint written by :func:`fit`."""
+    """Rebuilds a trained message-passing model from a checkpoint written by :func:`fit`.
+    Returns (model, checkpoint)."""
     state = torch.load(checkpoint_path, map_location=device or "cpu", weights_only=False)
-    if "model_config" not in state:
+    trainer_state = state.get("trainer") if isinstance(state, dict) else None
+    if not isinstance(trainer_state, dict) or "model_config" not in trainer_state:
         raise ValueError(f"{checkpoint_path} is not a bpkernels message-passing checkpoint")
-    sd = state["state_dict"]
+    sd = trainer_state["state_dict"]
     dtype = next(v for k, v in sd.items() if k.endswith("field")).dtype
-    model = BPSequential.from_config(state["model_config"], dtype=dtype, device=device)
-    load_training_state(model, state)
+    model = BPSequential.from_config(trainer_state["model_config"], dtype=dtype, device=device)
+    load_model_state(model, trainer_state)
     return model, state

@@ -107,3 +107,12 @@ def generator(seed: int) -> torch.Generator:
     """A CPU generator: inputs are drawn on the CPU and then moved, so every device sees
     identical data."""
     return torch.Generator().manual_seed(seed)
+
+
+def use_twin_ops(monkeypatch) -> None:
+    """Makes the layers and algorithms run on the pure-PyTorch twin (same signatures as the
+    ops), so that whole networks can be compared against the kernels."""
+    from bpkernels import algorithms, conv, layers, reference
+
+    for module in (algorithms, layers, conv):
+        monkeypatch.setattr(module, "ops", reference)

@@ -20,7 +20,7 @@ from bpkernels.baselines import (BASELINE_METHODS, BaselineTrainer, BayesBiNN, B
                                  BinaryNet,
                                  SignSTE, STETrainer, STTrainer, log_gumbel_scale,
                                  proxy_derivative, train_baseline)
-from bpkernels.conv import parse_arch
+from bpkernels.arch import parse_arch
 from bpkernels.data import Dataset, teacher_student
 
 TIMING_KEYS = {"seconds", "cpu_seconds", "eval_seconds", "bn_seconds"}

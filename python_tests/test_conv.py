@@ -1,4 +1,4 @@
-"""BPConv2d: the im2col layer against the explicit factor-graph twin (bpkernels.conv_reference),
+"""BPConv2d: the im2col layer against the explicit factor-graph twin (python_tests/conv_twin.py),
 the 1×1 convolution as a dense layer, whole conv nets through bp_step against their twins,
 modules (state_dict, from_config, dtype), shape errors, build_arch, CUDA and a short training run."""
 
@@ -9,16 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from bpkernels import data
-from bpkernels import conv as bpconv
-from bpkernels import nn as bpnn
-from bpkernels import reference
-from bpkernels.conv import BPConv2d, build_arch
-from bpkernels.conv_reference import TwinBPConv2d
-from bpkernels.nn import BPLinear, BPSequential
+from bpkernels import BPConv2d, BPLinear, BPSequential, build_arch, data, ops
 from bpkernels.train import fit, load_model
 
-from helpers import assert_close, tol
+from conv_twin import TwinBPConv2d
+from helpers import assert_close, tol, use_twin_ops
 
 F64 = torch.float64
 IN_CI = os.environ.get("CI") == "true"
@@ -55,19 +50,22 @@ def test_layer_matches_explicit_factor_graph(algo, cfg, first):
     x_in = 1.5 * torch.randn(3, c, h, w, generator=gen, dtype=F64)
     out_shape = ext.output_shape((c, h, w))
     b_top = torch.randn(3, *out_shape, generator=gen, dtype=F64)
-    for layer in (ext, twin):
-        layer.mp_reset(3, tau_max=2)
+    states = {layer: layer.mp_begin(tau_max=2) for layer in (ext, twin)}
     for it in range(2):
-        (u1, (b1, d1)), (u2, (b2, d2)) = [
-            (layer.mp_forward(x_in, first), layer.mp_backward(b_top + it, tau_max=2)) for layer in (ext, twin)]
-        for layer, b in ((ext, b1), (twin, b2)):
-            layer.b = b
+        results = []
+        for layer in (ext, twin):
+            st = states[layer]
+            u = layer.mp_forward(st, x_in, first)
+            b, h_in = layer.mp_backward(st, b_top + it)
+            results.append((u, b, layer.mp_update(st, h_in)))
+            st.b = b
+        (u1, b1, d1), (u2, b2, d2) = results
         assert_close(u1, u2, **tol(F64), name=f"u, iteration {it}")
         assert (b1 is None) == (b2 is None) == first
         if not first:
             assert_close(b1, b2, **tol(F64), name=f"b, iteration {it}")
         assert_close(d1, d2, **tol(F64), name="delta")
-        for name in ("field", "mag", "sigma"):
+        for name in ("field", "mag"):
             assert_close(getattr(ext, name), getattr(twin, name), **tol(F64), name=f"{name}, iteration {it}")
 
 
@@ -77,14 +75,14 @@ def test_predictions_match_twin_and_training_forward(cfg):
     gen = torch.Generator().manual_seed(2)
     ext, twin = make_pair(cfg, "bpi", seed=3)
     x = torch.randn(4, c, h, w, generator=gen, dtype=F64)
-    assert_close(ext.pointwise(x), twin.pointwise(x), **tol(F64), name="pointwise")
+    assert_close(ext.preactivation(x), twin.preactivation(x), **tol(F64), name="pointwise")
+    assert torch.equal(ext(x), torch.sign(ext.preactivation(x) + 1e-10)), "forward: sign activations"
     x_hat = torch.tanh(x)
     for delta in (None, 1 - x_hat.square()):
         for a, b in zip(ext.bayes(x_hat, delta), twin.bayes(x_hat, delta)):
             assert_close(a, b, **tol(F64), name="bayes")
     # Spec §11.6: the training forward at τ = 1 is the Bayesian forward, tanh(u) = erf(ω/√2V).
-    ext.mp_reset(4, 1)
-    u = ext.mp_forward(x, first=True)
+    u = ext.mp_forward(ext.mp_begin(1), x, first=True)
     assert_close(torch.tanh(u), ext.bayes(x, None)[0], rtol=1e-9, atol=1e-12, name="tanh u")
 
 
@@ -94,12 +92,12 @@ def test_bp_is_bpi_and_rejects_inner_iterations():
     x = torch.randn(3, *cfg[:3], dtype=F64)
     b_top = torch.randn(3, *layers[0].output_shape(cfg[:3]), dtype=F64)
     for layer in layers:
-        layer.mp_reset(3, 1)
-        layer.mp_forward(x, first=False)
-        layer.mp_backward(b_top, 1)
+        st = layer.mp_begin(1)
+        layer.mp_forward(st, x, first=False)
+        layer.mp_update(st, layer.mp_backward(st, b_top)[1])
     assert torch.equal(layers[0].field, layers[1].field) and torch.equal(layers[0].mag, layers[1].mag)
     with pytest.raises(NotImplementedError, match="only at tau_max=1"):
-        layers[0].mp_reset(3, 2)
+        layers[0].mp_begin(2)
 
 
 @pytest.mark.parametrize("algo", ["bpi", "amp", "mf"])
@@ -138,7 +136,7 @@ def conv_net(conv_cls, algo, seed=0):
 @pytest.mark.parametrize("algo,tau_max", [("bpi", 1), ("bpi", 2), ("amp", 1), ("amp", 3), ("mf", 2), ("bp", 1)])
 def test_conv_net_bp_step_matches_twin(monkeypatch, twin, algo, tau_max):
     """conv → conv → flatten → argmax dense, two bp_steps: the extension network against the
-    same network run on the twin ops (bpkernels.nn.ops monkeypatched to bpkernels.reference),
+    same network run on the twin ops (helpers.use_twin_ops),
     its conv layers either BPConv2d (im2col on the twin ops) or TwinBPConv2d (explicit graph)."""
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(5, 98, generator=gen, dtype=F64)  # flat inputs, reshaped to [5, 2, 7, 7]
@@ -146,8 +144,7 @@ def test_conv_net_bp_step_matches_twin(monkeypatch, twin, algo, tau_max):
     ext = conv_net(BPConv2d, algo)
     ref = conv_net(TwinBPConv2d if twin == "explicit-graph" else BPConv2d, algo)
     ext_deltas = [ext.bp_step(x, y, tau_max=tau_max) for _ in range(2)]
-    monkeypatch.setattr(bpnn, "ops", reference)
-    monkeypatch.setattr(bpconv, "ops", reference)
+    use_twin_ops(monkeypatch)
     ref_deltas = [ref.bp_step(x, y, tau_max=tau_max) for _ in range(2)]
     torch.testing.assert_close(ext_deltas, ref_deltas, rtol=1e-10, atol=1e-12)
     for (name, a), b in zip(ext.state_dict().items(), ref.state_dict().values()):
@@ -160,7 +157,7 @@ def test_state_dict_config_checkpoint_dtype(tmp_path):
     ds = data.teacher_student(64, 32, (49, 3), seed=0)
     net = build_arch("conv4k3s2p1-conv6k3s1p1-flatten-dense3", algo="amp", num_classes=3,
                      input_shape=(1, 7, 7), density=0.7)
-    assert {"layers.0.field", "layers.0.mag", "layers.0.sigma", "layers.0.mask", "layers.3.field"} <= set(net.state_dict())
+    assert {"layers.0.field", "layers.0.mag", "layers.0.mask", "layers.3.field"} <= set(net.state_dict())
     assert net.bp_layers[0].field.shape == (4, 1, 3, 3)
     fit(net, ds, epochs=2, batch_size=16, run_dir=str(tmp_path / "run"), progress=False)
     loaded, state = load_model(str(tmp_path / "run" / "checkpoint.pt"))

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 import bpkernels as bpk
-from bpkernels import nn as bpnn
-from bpkernels import reference
-from bpkernels.nn import BPLinear, BPSequential, mlp
+from bpkernels import BPLinear, BPSequential, mlp, ops
+
+from helpers import use_twin_ops
 
 F64 = torch.float64
 
@@ -34,9 +34,7 @@ EXPECTED_115 = {
 
 
 def set_fields(layer: BPLinear, field) -> None:
-    layer.field.copy_(torch.as_tensor(field, dtype=layer.field.dtype))
-    layer.mag.copy_(torch.tanh(layer.field))
-    layer.sigma.copy_(1 - layer.mag.square())
+    layer.set_marginals(torch.as_tensor(field, dtype=layer.field.dtype))
 
 
 def spec_net(algo: str) -> BPSequential:
@@ -80,11 +78,6 @@ def test_bp_at_tau_1_is_bpi_bit_for_bit():
         assert torch.equal(a, b)
 
 
-def _twin_network(monkeypatch):
-    """Makes bpkernels.nn run on the pure-PyTorch twin (same signatures as the ops)."""
-    monkeypatch.setattr(bpnn, "ops", reference)
-
-
 @pytest.mark.parametrize("algo,output", [("bp", "argmax"), ("bp", "sign"), ("amp", "argmax"),
                                          ("amp", "sign"), ("mf", "argmax"), ("bpi", "sign")])
 @pytest.mark.parametrize("tau_max", [1, 3])
@@ -101,7 +94,7 @@ def test_inner_iterations_match_twin(monkeypatch, algo, output, tau_max):
     twin = mlp(sizes, algo=algo, output=output, seed=1, dtype=F64)
     for _ in range(2):
         ext.bp_step(x, y, tau_max=tau_max)
-    _twin_network(monkeypatch)
+    use_twin_ops(monkeypatch)
     for _ in range(2):
         twin.bp_step(x, y, tau_max=tau_max)
     for (name, a), b in zip(ext.state_dict().items(), twin.state_dict().values()):
@@ -122,10 +115,10 @@ def test_bp_inner_iterations_differ_from_bpi():
 def test_module_behaviour_state_dict_dtype_device():
     net = BPSequential(nn.Flatten(), BPLinear(12, 5, density=0.5), BPLinear(5, 3, output="argmax"))
     keys = set(net.state_dict())
-    assert {"layers.1.field", "layers.1.mag", "layers.1.sigma", "layers.1.mask", "layers.2.field"} <= keys
+    assert {"layers.1.field", "layers.1.mag", "layers.1.mask", "layers.2.field"} <= keys
     assert net.bp_layers[0].field.dtype == torch.float32
     masked = net.bp_layers[0]
-    assert torch.all(masked.mag[masked.mask == 0] == 0) and torch.all(masked.sigma[masked.mask == 0] == 0)
+    assert torch.all(masked.mag[masked.mask == 0] == 0) and torch.all(ops.bp_weight_var(masked.mag, masked.mask)[masked.mask == 0] == 0)
     clone = BPSequential.from_config(net.config())
     clone.load_state_dict(net.state_dict())
     x = torch.randn(7, 3, 4)

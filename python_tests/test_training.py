@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bpkernels import cli, data
-from bpkernels.nn import mlp
+from bpkernels import mlp
 from bpkernels.train import fit, load_model
 
 IN_CI = os.environ.get("CI") == "true"

@@ -8,7 +8,7 @@ message-passing trainers (spec BASELINES.md):
   2021), :mod:`.st`.
 
 Entry point: :func:`train_baseline`. Every method trains an MLP input → hidden… → output, or
-the network of an architecture string (convolutions, ``bpkernels.conv.parse_arch``), of
+the network of an architecture string (convolutions, ``bpkernels.arch.parse_arch``), of
 binary weights with BN (10 output units and cross-entropy for a multi-class task, one unit
 for ±1 labels) and returns the harness's metric rows.
 """
@@ -19,10 +19,11 @@ import math
 
 import torch
 
-from ..conv import parse_arch
+from ..arch import parse_arch
 from ..data import Dataset
+from ..train import fit
 from .bayesbinn import BayesBiNN, BayesBiNNTrainer, log_gumbel_scale
-from .common import (BaselineTrainer, BinaryNet, SignSTE, WeightSTE, fit_baseline,
+from .common import (BaselineTrainer, BinaryNet, SignSTE, WeightSTE,
                      proxy_derivative, reestimated_bn, sign_pm)
 from .st import STTrainer
 from .ste import STETrainer
@@ -95,11 +96,11 @@ def train_baseline(method: str, data: Dataset, hidden: list[int] | None, epochs:
                   sizes=None if arch else layers, epochs=epochs,
                   batch_size=batch_size, seed=seed, dataset=data.name, n_train=n_train,
                   device=str(device), dtype=str(dtype), torch=torch.__version__)
-    return fit_baseline(trainer, data, epochs, batch_size, seed, run_dir, config, resume,
-                        progress)
+    return fit(trainer, data, epochs, batch_size, seed=seed, run_dir=run_dir, config=config,
+               resume=resume, progress=progress)
 
 
 __all__ = ["BASELINE_METHODS", "TRAINERS", "BaselineTrainer", "BayesBiNN", "BayesBiNNTrainer",
-           "BinaryNet", "STETrainer", "STTrainer", "SignSTE", "WeightSTE", "fit_baseline",
+           "BinaryNet", "STETrainer", "STTrainer", "SignSTE", "WeightSTE",
            "log_gumbel_scale", "method_options", "proxy_derivative", "reestimated_bn", "sign_pm",
            "train_baseline"]

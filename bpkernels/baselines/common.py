@@ -7,9 +7,10 @@ r"""Shared parts of the gradient baselines (spec BASELINES.md §1, §7).
   every layer (output included), sign (or ReLU) activations; the binary weights are *passed in* by the trainer, so
   one module serves the latent weights of A, the fields λ of B and η of C.
 * ``reestimated_bn``: batch-norm statistics of the evaluation network (§1.4, Decision 4).
-* ``BaselineTrainer`` (one per method) and ``fit_baseline``, the training loop of the harness:
-  whole dataset as tensors on the device, seeded shuffles, last partial batch dropped,
-  per-epoch errors, training seconds, peak memory, a RunLog and an atomic checkpoint.
+* ``BaselineTrainer`` (one per method): the :class:`bpkernels.train.Trainer` of a BinaryNet
+  (step, evaluation, epoch metrics, state), trained by the harness's one loop
+  :func:`bpkernels.train.fit` (seeded shuffles shared with message passing, run folder,
+  checkpoints, resumption).
 """
 
 from __future__ import annotations
@@ -22,12 +23,9 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from ..conv import LayerSpec
+from ..arch import LayerSpec
 from ..data import Dataset
-from ..runlog import RunLog
-from ..train import epoch_permutation
 
 PROXIES = ("hardtanh", "tanh", "erf", "identity")
 LOSSES = ("ce", "sqhinge")
@@ -407,6 +405,20 @@ class BaselineTrainer:
         self.generator.set_state(state["generator"].cpu())
         self.prev_signs = state["prev_signs"]
 
+    # -- the Trainer protocol of bpkernels.train.fit
+    def prepare(self, data: Dataset) -> Dataset:
+        return data.to(device=self.device)
+
+    def step(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.train_step(x, y)
+
+    def epoch_metrics(self, stats: list[Tensor]) -> dict:
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        for loss in stats:
+            loss_sum += loss
+        return dict(train_loss=float(loss_sum) / max(len(stats), 1), lr=self.lr(),
+                    **self.extra_metrics())
+
     # -- shared
     def _initialise(self) -> None:
         gen = torch.Generator().manual_seed(self.seed)
@@ -480,66 +492,3 @@ class BaselineTrainer:
         threshold = 0.5 * o["mc_samples"] if o["mc_average"] == "probs" else 0.0
         return {"train_error_bayes": error_rate(acc_tr, y_tr, self.binary, threshold),
                 "test_error_bayes": error_rate(acc_te, data.test_y, self.binary, threshold)}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def fit_baseline(trainer: BaselineTrainer, data: Dataset, epochs: int, batch_size: int,
-                 seed: int = 0, run_dir: str | None = None, config: dict | None = None,
-                 resume: bool = False, progress: bool = True) -> list[dict]:
-    """Trains for ``epochs`` epochs (the total when resuming) and returns one metrics row per
-    epoch; with run_dir, writes the RunLog and an atomic checkpoint after every epoch.
-
-    The shuffle of epoch e is ``epoch_permutation(N, seed, e)`` (the message-passing trainer's),
-    so every trainer of the harness sees the same mini-batches; ⌊N/B⌋ batches per epoch.
-    """
-    device = trainer.device
-    data = data.to(device=device)
-    n_train = data.train_x.shape[0]
-    n_batches = n_train // batch_size
-    log = RunLog(run_dir, config, resume=resume) if run_dir else None
-    start_epoch = 0
-    if resume:
-        if log is None:
-            raise ValueError("resume=True needs run_dir")
-        state = torch.load(log.checkpoint_path, map_location=device, weights_only=False)
-        trainer.load_state_dict(state["trainer"])
-        start_epoch = state["epoch"]
-        log.truncate(start_epoch)
-    rows = list(log.rows) if log else []
-    for epoch in range(start_epoch + 1, epochs + 1):
-        order = epoch_permutation(n_train, seed, epoch).to(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        _sync(device)
-        t0, c0 = time.perf_counter(), time.process_time()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        bar = tqdm(range(n_batches), desc=f"{trainer.method} epoch {epoch}/{epochs}",
-                   disable=not progress, leave=False, unit="batch")
-        for j in bar:
-            idx = order[j * batch_size:(j + 1) * batch_size]
-            loss_sum += trainer.train_step(data.train_x[idx], data.train_y[idx])
-        _sync(device)
-        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-        row = {"epoch": epoch, "method": trainer.method}
-        row.update(trainer.evaluate(data, epoch, batch_size))
-        row.update(seconds=seconds, cpu_seconds=cpu_seconds,
-                   peak_mem_bytes=(torch.cuda.max_memory_allocated(device)
-                                   if device.type == "cuda" else None),
-                   train_loss=float(loss_sum) / max(n_batches, 1), lr=trainer.lr(),
-                   **trainer.extra_metrics())
-        rows.append(row)
-        if progress:
-            bayes = (f", MC test {100 * row['test_error_bayes']:.2f}%"
-                     if row["test_error_bayes"] is not None else "")
-            tqdm.write(f"{trainer.method} epoch {epoch}: train {100 * row['train_error']:.2f}%, "
-                       f"test {100 * row['test_error']:.2f}%{bayes}, {seconds:.1f} s")
-        if log:
-            log.log(row)
-            log.save_checkpoint({"epoch": epoch, "config": config, "trainer": trainer.state_dict()})
-    if log and rows:
-        log.plot(title=trainer.method)
-    return rows

@@ -1,7 +1,7 @@
-r"""Pure-PyTorch twin of :class:`bpkernels.conv.BPConv2d` on the explicit factor graph.
+r"""Pure-PyTorch twin of :class:`bpkernels.conv.BPConv2d` on the explicit factor graph (tests only).
 
 No im2col here: :func:`conv_graph` lists the edges of the weight-sharing factor graph one by one
-(loops over output positions, input channels and kernel offsets), and every message of spec
+(loops over output positions, input channels and kernel offsets), and every message of docs
 §4 is evaluated per edge, then summed into its factor (ω, V), its input pixel (b) or its
 weight (H_in) with ``index_add_``. Padded inputs are constant zeros, edges to them carry
 x̂ = Δ = 0. For small sizes only: it stores [B, K, E] per-edge tensors, E = P·C·kh·kw.
@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import reference
-from .conv import BPConv2d
+from bpkernels import reference
+from bpkernels.algorithms import Algorithm, AMPMemory, BatchState
+from bpkernels.conv import BPConv2d
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def weight_sum(graph: ConvGraph, vals: Tensor, weight_shape) -> Tensor:
     return out.view(weight_shape)
 
 
-# ---- the updates of spec §4, edge by edge ---------------------------------------------------
+# ---- the updates of docs §4, edge by edge ---------------------------------------------------
 
 def conv_moments(graph, x_hat, delta, mag, sigma):
     """ω = Σ_e m_e x̂_e and V = Σ_e [σ_e x̂_e² + (m_e² + σ_e) Δ_e] + ε per factor (§4.0)."""
@@ -195,58 +196,65 @@ def conv_pointwise(graph, x, mag):
     return factor_sum(graph, edge_weights(graph, torch.sign(mag)) * edge_inputs(graph, x))
 
 
-class TwinBPConv2d(BPConv2d):
-    """A BPConv2d whose message passing and predictions run on the explicit factor graph above
-    (same buffers, hyper-parameters and mp_* protocol), for tests: put it in a BPSequential in
-    place of BPConv2d, with ``bpkernels.nn.ops`` replaced by :mod:`bpkernels.reference`, and the
-    whole network runs on twins."""
+class ExplicitGraphAlgorithm(Algorithm):
+    """BPI, AMP or MF of a convolution evaluated edge by edge on the explicit factor graph,
+    on images (the layer's own tensors, no rows)."""
 
-    def mp_reset(self, batch_size: int, tau_max: int) -> None:
-        if self.algo == "bp" and tau_max > 1:
+    on_rows = False
+
+    def __init__(self, name: str):
+        if name not in ("bpi", "amp", "mf", "bp"):
+            raise ValueError(f"the explicit-graph twin has no algorithm {name!r}")
+        self.name = "bpi" if name == "bp" else name
+
+    def check_inner_iterations(self, layer, tau_max):
+        if layer.algo == "bp" and tau_max > 1:
             raise NotImplementedError("the twin runs algo='bp' only at tau_max=1 (BPI)")
-        self.b = None
-        self.field_prior = self.field.clone() if tau_max > 1 else None
-        self.g_old = self.x_hat_old = self.mag_old = None
 
-    def mp_forward(self, x_in: Tensor, first: bool) -> Tensor:
-        self.graph, self.first = graph_of(self, x_in.shape[1:]), first
-        if first:
-            self.x_hat, self.delta = x_in, None
+    def forward(self, st: BatchState, layer) -> Tensor:
+        graph = graph_of(layer, st.x_in.shape[1:])
+        args = (graph, st.x_hat, st.delta, layer.mag, reference.bp_weight_var(layer.mag, layer.mask))
+        if self.name == "amp" and st.memory is not None:
+            mem = st.memory
+            st.omega, st.var, u = conv_fwd_amp(*args, mem.g_old, mem.x_hat_old, mem.mag_old)
         else:
-            self.x_hat = torch.tanh(x_in if self.b is None else x_in + self.b)
-            self.delta = 1.0 - self.x_hat.square()
-        args = (self.graph, self.x_hat, self.delta, self.mag, self.sigma)
-        if self.algo == "amp" and self.g_old is not None:
-            self.omega, self.var, u = conv_fwd_amp(*args, self.g_old, self.x_hat_old, self.mag_old)
-        else:
-            self.omega, self.var, u = conv_fwd(*args)
+            st.omega, st.var, u = conv_fwd(*args)
         return u
 
-    def mp_backward(self, b_top: Tensor, tau_max: int):
-        args = (self.graph, b_top, self.omega, self.var, self.x_hat)
-        if self.algo == "mf":
-            b, h_in = conv_bwd_mf(*args, self.mag, not self.first)
-        elif self.algo == "amp":
-            b, h_in, g = conv_bwd_amp(*args, self.delta, self.mag, self.sigma, self.g_old,
-                                      self.x_hat_old, self.mag_old, not self.first)
-            if tau_max > 1:
-                self.g_old, self.x_hat_old, self.mag_old = g, self.x_hat, self.mag.clone()
-        else:
-            b, h_in = conv_bwd_bpi(*args, self.mag, not self.first)
-        flat = [None if t is None else t.view(t.shape[0], -1)
-                for t in (self.field, self.mag, self.sigma, self.field_prior, self.mask)]
-        field, mag, sigma, prior, mask = flat
-        delta = reference.bp_field_update_(field, mag, sigma, h_in.view(h_in.shape[0], -1), prior,
-                                           mask, self.rho, self.r, self.psi, False)
-        return b, delta
+    def backward(self, st: BatchState, b_top: Tensor, layer, hard: bool, compute_b: bool):
+        graph = graph_of(layer, st.x_in.shape[1:])
+        args = (graph, b_top, st.omega, st.var, st.x_hat)
+        if self.name == "mf":
+            return conv_bwd_mf(*args, layer.mag, compute_b)
+        if self.name == "amp":
+            mem = st.memory
+            old = (None, None, None) if mem is None else (mem.g_old, mem.x_hat_old, mem.mag_old)
+            sigma = reference.bp_weight_var(layer.mag, layer.mask)
+            b, h_in, g = conv_bwd_amp(*args, st.delta, layer.mag, sigma, *old, compute_b)
+            if st.tau_max > 1:
+                st.memory = AMPMemory(g, st.x_hat, layer.mag.clone())
+            return b, h_in
+        return conv_bwd_bpi(*args, layer.mag, compute_b)
 
-    def mp_clear(self) -> None:
-        for name in ("b", "field_prior", "g_old", "x_hat_old", "mag_old", "graph", "x_hat",
-                     "delta", "omega", "var"):
-            self.__dict__.pop(name, None)
 
-    def pointwise(self, x: Tensor) -> Tensor:
+class TwinBPConv2d(BPConv2d):
+    """A BPConv2d whose message passing, field update and predictions run on the explicit
+    factor graph above (same buffers, hyper-parameters and mp_* protocol): put it in a
+    BPSequential in place of BPConv2d, with the ops replaced by :mod:`bpkernels.reference`
+    (``helpers.use_twin_ops``), and the whole network runs on twins."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.algorithm = ExplicitGraphAlgorithm(self.algo)
+
+    def mp_update(self, st: BatchState, h_in: Tensor) -> Tensor:
+        w = self.weights()
+        return reference.bp_field_update_(w.field, w.mag, h_in, st.field_prior, w.mask, st.rho,
+                                          self.r, self.psi, False)
+
+    def preactivation(self, x: Tensor) -> Tensor:
         return conv_pointwise(graph_of(self, x.shape[1:]), x, self.mag)
 
     def bayes(self, x_hat: Tensor, delta: Tensor | None):
-        return conv_bayes_fwd(graph_of(self, x_hat.shape[1:]), x_hat, delta, self.mag, self.sigma)
+        return conv_bayes_fwd(graph_of(self, x_hat.shape[1:]), x_hat, delta, self.mag,
+                              reference.bp_weight_var(self.mag, self.mask))
