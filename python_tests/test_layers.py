@@ -194,3 +194,131 @@ def test_sign_output_needs_pm1_labels_and_layer_validation():
 def test_version_and_public_api():
     assert bpk.__version__
     assert callable(bpk.BPLinear) and callable(bpk.fit)
+
+
+# ---- the model-layer API: marginals, priors, the reduction hook, forward, registries --------
+
+def test_set_marginals_sets_a_consistent_state():
+    layer = BPLinear(4, 3, density=0.5, generator=torch.Generator().manual_seed(0), dtype=F64)
+    field = torch.linspace(-2, 2, 12, dtype=F64).view(3, 4)
+    layer.set_marginals(field)
+    assert torch.equal(layer.field, field)
+    assert torch.equal(layer.mag, torch.tanh(field) * layer.mask), "masked weights keep m = 0"
+    mag = torch.full((3, 4), 0.25, dtype=F64)
+    layer.set_marginals(field, mag)
+    assert torch.equal(layer.mag, mag * layer.mask)
+    sigma = ops.bp_weight_var(layer.mag, layer.mask)
+    assert torch.equal(sigma[layer.mask == 0], torch.zeros_like(sigma[layer.mask == 0]))
+    with pytest.raises(ValueError, match=r"field must have shape \[3, 4\]"):
+        layer.set_marginals(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match=r"mag must be finite and lie in \[-1, 1\]"):
+        layer.set_marginals(field, torch.full((3, 4), 2.0))
+    assert "sigma" not in layer.state_dict(), "σ is derived, never stored"
+
+
+def test_legacy_checkpoint_with_sigma_loads():
+    net = mlp([6, 4, 2], seed=0)
+    state = net.state_dict()
+    state["layers.0.sigma"] = 1 - state["layers.0.mag"].square()
+    clone = mlp([6, 4, 2], seed=1)
+    clone.load_state_dict(state)
+    assert torch.equal(clone.bp_layers[0].mag, net.bp_layers[0].mag)
+
+
+@pytest.mark.parametrize("tau_max", [1, 2])
+def test_prior_kinds(tau_max):
+    """θ = ρH (PasP, the default), a fixed field F (θ = F), or none (θ = 0): PasP equals the
+    fixed prior F = ρ·H_start, and no prior equals full-batch mode (pasp=False)."""
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(8, 5, generator=gen, dtype=F64), torch.randint(0, 3, (8,), generator=gen)
+    pasp, fixed, none, full_batch = (mlp([5, 4, 3], algo="mf", seed=2, dtype=F64) for _ in range(4))
+    for layer in fixed.bp_layers:
+        layer.set_prior(layer.rho * layer.field)
+    for layer in none.bp_layers:
+        layer.set_prior(None)
+    for net in (pasp, fixed, none):
+        net.bp_step(x, y, tau_max=tau_max)
+    full_batch.bp_step(x, y, tau_max=tau_max, pasp=False)
+    for a, b, c, d in zip(pasp.bp_layers, fixed.bp_layers, none.bp_layers, full_batch.bp_layers):
+        torch.testing.assert_close(a.field, b.field, rtol=1e-14, atol=1e-14)
+        assert torch.equal(c.field, d.field) and torch.equal(c.mag, d.mag)
+        assert not torch.allclose(a.field, c.field)
+
+
+def test_fixed_prior_is_checkpointed_and_validated():
+    net = mlp([5, 4, 3], seed=0, dtype=F64)
+    prior = torch.randn(4, 5, dtype=F64)
+    net.bp_layers[0].set_prior(prior)
+    assert net.config()[0]["prior"] == "field"
+    clone = BPSequential.from_config(net.config(), dtype=F64)
+    clone.load_state_dict(net.state_dict())
+    assert torch.equal(clone.bp_layers[0].prior_field, prior)
+    with pytest.raises(ValueError, match=r"prior field must have shape \[4, 5\]"):
+        net.bp_layers[0].set_prior(torch.zeros(5, 4))
+    with pytest.raises(ValueError, match="prior must be"):
+        net.bp_layers[0].set_prior("ewc")
+
+
+def test_reduction_hook_sees_every_field_message_before_the_update():
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.randn(10, 6, generator=gen, dtype=F64), torch.randint(0, 3, (10,), generator=gen)
+    plain, hooked, zeroed = (mlp([6, 5, 3], algo=a, seed=1, dtype=F64) for a in ("amp",) * 3)
+    seen = []
+
+    def record(h_ins):
+        seen.append([tuple(h.shape) for h in h_ins])
+
+    hooked.h_in_reduction = record
+    zeroed.h_in_reduction = lambda h_ins: [h.zero_() for h in h_ins]
+    for net in (plain, hooked, zeroed):
+        net.bp_step(x, y, tau_max=2)
+    assert seen == [[(5, 6), (3, 5)]] * 2, "one call per inner iteration, bottom to top"
+    for a, b in zip(plain.state_dict().values(), hooked.state_dict().values()):
+        assert torch.equal(a, b), "an identity hook changes nothing"
+    # H_in = 0 leaves only the prior: H ← ρ·H_start in the hidden layer; the argmax layer
+    # damps its field, H ← ψH + (1 − ψ)ρ·H_start, twice.
+    (h_start, o_start) = (layer.field for layer in mlp([6, 5, 3], algo="amp", seed=1, dtype=F64).bp_layers)
+    hidden, out = zeroed.bp_layers
+    torch.testing.assert_close(hidden.field, hidden.rho * h_start, rtol=1e-15, atol=0)
+    once = out.psi * o_start + (1 - out.psi) * out.rho * o_start
+    torch.testing.assert_close(out.field, out.psi * once + (1 - out.psi) * out.rho * o_start,
+                               rtol=1e-14, atol=1e-15)
+
+
+def test_layers_are_drop_in_modules():
+    net = mlp([12, 7, 5, 3], seed=0)
+    x = torch.randn(9, 12)
+    h = x
+    for layer in net.bp_layers[:-1]:
+        h = layer(h)
+        assert set(h.unique().tolist()) <= {-1.0, 1.0}, "hidden layers output signs"
+    logits = net.bp_layers[-1](h)
+    assert logits.shape == (9, 3)
+    assert torch.equal(logits.argmax(1), net(x))
+    assert torch.equal(nn.Sequential(*net.layers)(x).argmax(1), net(x))
+
+
+def test_a_new_algorithm_is_one_class_and_one_registration():
+    from bpkernels.algorithms import ALGORITHMS, MF, register_algorithm
+
+    @register_algorithm
+    class HalfMF(MF):
+        """MF with the field message halved: a toy variant."""
+        name = "half-mf"
+
+        def backward(self, st, b_top, w, hard, compute_b):
+            b, h_in = super().backward(st, b_top, w, hard, compute_b)
+            return b, 0.5 * h_in
+
+    try:
+        gen = torch.Generator().manual_seed(0)
+        x, y = torch.randn(8, 6, generator=gen, dtype=F64), torch.sign(torch.randn(8, generator=gen, dtype=F64))
+        toy = mlp([6, 4, 1], algo="half-mf", output="sign", seed=0, dtype=F64)
+        zero = mlp([6, 4, 1], algo="mf", output="sign", seed=0, dtype=F64)
+        toy.bp_step(x, y)
+        zero.h_in_reduction = lambda h_ins: [h.mul_(0.5) for h in h_ins]
+        zero.bp_step(x, y)
+        for a, b in zip(toy.state_dict().values(), zero.state_dict().values()):
+            assert torch.equal(a, b)
+    finally:
+        del ALGORITHMS["half-mf"]

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
-from bpkernels import cli, data
-from bpkernels import mlp
-from bpkernels.train import fit, load_model
+from bpkernels import cli, data, mlp
+from bpkernels.train import MessagePassingTrainer, fit, load_model
 
 IN_CI = os.environ.get("CI") == "true"
 
@@ -128,6 +128,66 @@ def test_fit_rejects_mismatched_data():
         fit(mlp([8, 1], output="sign"), ds, epochs=1)
     with pytest.raises(ValueError, match="batch_size"):
         fit(mlp([8, 3]), ds, epochs=1, batch_size=51)
+
+
+@pytest.mark.parametrize("form", ["dataset", "tensors", "torch-dataset", "dataloader"])
+def test_fit_accepts_tensors_and_torch_datasets(form):
+    """The same run from our Dataset, a pair of tensors, a map-style torch Dataset and a
+    DataLoader of (x, y) pairs: identical metrics and fields."""
+    ds = data.teacher_student(96, 40, (12, 5, 3), seed=2)
+    train, test = (ds.train_x, ds.train_y), (ds.test_x, ds.test_y)
+    if form == "torch-dataset":
+        train, test = TensorDataset(*train), TensorDataset(*test)
+    elif form == "dataloader":
+        train, test = (DataLoader(TensorDataset(*t), batch_size=7) for t in (train, test))
+    reference_model, model = mlp([12, 5, 3], seed=0), mlp([12, 5, 3], seed=0)
+    expected = fit(reference_model, ds, epochs=2, batch_size=16, progress=False)
+    if form == "dataset":
+        rows = fit(model, ds, epochs=2, batch_size=16, progress=False)
+    else:
+        rows = fit(model, train, epochs=2, batch_size=16, progress=False, test_data=test)
+    timing = ("seconds", "cpu_seconds")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in expected]
+    for a, b in zip(model.state_dict().values(), reference_model.state_dict().values()):
+        assert torch.equal(a, b)
+    rows = fit(mlp([12, 5, 3], seed=0), train, epochs=1, batch_size=16, progress=False)
+    assert rows[0]["test_error"] is None and rows[0]["train_error"] is not None
+
+
+def test_fit_validates_the_data_once_with_clear_errors():
+    x, y = torch.randn(40, 6), torch.randint(0, 3, (40,))
+    bad_x = x.clone()
+    bad_x[17, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        fit(mlp([6, 3]), (bad_x, y), epochs=1, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match="40 inputs but 39 labels"):
+        fit(mlp([6, 3]), (x, y[:39]), epochs=1, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match="the model has 3 output classes, the data tensors has 4"):
+        fit(mlp([6, 3]), (x, y), epochs=1, batch_size=8, progress=False,
+            test_data=(x[:5], torch.tensor([0, 1, 2, 3, 0])))
+    with pytest.raises(ValueError, match=r"class labels must lie in \[0, 3\)"):
+        fit(mlp([6, 3]), data.Dataset(x, y, x[:5], torch.tensor([0, 1, 2, 3, 0]), 3, "bad"),
+            epochs=1, batch_size=8, progress=False)
+    with pytest.raises(TypeError, match="pair of tensors"):
+        fit(mlp([6, 3]), x, epochs=1, progress=False)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("algo", ["bpi", "amp", "mf", "bp"])
+def test_cuda_step_makes_no_host_synchronisation(algo):
+    ds = data.teacher_student(64, 16, (20, 9, 3), seed=0).to("cuda")
+    model = mlp([20, 9, 3], algo=algo, seed=0, device="cuda")
+    trainer = MessagePassingTrainer(model, tau_max=2)
+    ds = trainer.prepare(ds)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        stats = [trainer.step(ds.train_x[i:i + 16], ds.train_y[i:i + 16]) for i in (0, 16, 32)]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(trainer.epoch_metrics(stats)) == 1
 
 
 def test_full_batch_mode_with_reinforcement():
