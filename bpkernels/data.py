@@ -67,7 +67,8 @@ def _tensors(source, what: str) -> tuple[Tensor, Tensor]:
     if isinstance(source, (tuple, list)) and len(source) == 2 and all(
             isinstance(t, Tensor) for t in source):
         x, y = source
-    elif isinstance(source, torch.utils.data.DataLoader) or hasattr(source, "__getitem__"):
+    elif not isinstance(source, Tensor) and (isinstance(source, torch.utils.data.DataLoader)
+                                             or hasattr(source, "__getitem__")):
         batches = source if isinstance(source, torch.utils.data.DataLoader) else (
             source[i] for i in range(len(source)))
         xs, ys, batched = [], [], isinstance(source, torch.utils.data.DataLoader)
