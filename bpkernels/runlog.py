@@ -48,6 +48,9 @@ def atomic_write_text(text: str, path: str) -> None:
     os.replace(tmp, path)
 
 
+CHECKPOINT = "checkpoint.pt"
+
+
 class RunLog:
     """Writes one run folder: configuration, per-epoch metrics, checkpoint, plot."""
 
@@ -55,7 +58,7 @@ class RunLog:
         self.run_dir = run_dir
         os.makedirs(run_dir, exist_ok=True)
         self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
-        self.checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+        self.checkpoint_path = os.path.join(run_dir, CHECKPOINT)
         self.rows: list[dict] = read_metrics(self.metrics_path) if resume else []
         if not resume and os.path.exists(self.metrics_path):
             os.unlink(self.metrics_path)

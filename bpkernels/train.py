@@ -11,6 +11,7 @@ until the epoch ends). :class:`MessagePassingTrainer` adapts a
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Protocol
 
@@ -19,7 +20,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .data import Dataset, as_dataset
-from .runlog import RunLog
+from .distributed import DataParallel
+from .runlog import CHECKPOINT, RunLog
 from .sequential import BPSequential
 
 
@@ -49,6 +51,9 @@ class Trainer(Protocol):
         """train_error, test_error, train_error_bayes, test_error_bayes (None where a method
         has no Bayesian prediction), and method-specific fields."""
 
+    def distribute(self, data_parallel: DataParallel) -> None:
+        """Prepares a data-parallel run: every step sees this rank's shard of the batch."""
+
     def state_dict(self) -> dict:
         """Everything needed to resume (tensors and plain data only)."""
 
@@ -56,14 +61,31 @@ class Trainer(Protocol):
         ...
 
 
-def evaluate(model: BPSequential, data: Dataset, bayes: bool = True) -> dict:
-    """Point-wise (and Bayesian) train/test error of the model (None for an empty test set)."""
+def evaluate(model: BPSequential, data: Dataset, bayes: bool = True,
+             data_parallel: DataParallel | None = None) -> dict:
+    """Point-wise (and Bayesian) train/test error of the model (None for an empty test set).
+    Data-parallel: every rank predicts its shard and the error counts are summed."""
     row = {}
     for mode, suffix in (("pointwise", ""), ("bayes", "_bayes")):
         for part, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
             wanted = (mode == "pointwise" or bayes) and x.shape[0] > 0
-            row[f"{part}_error{suffix}"] = model.error(x, y, mode) if wanted else None
+            row[f"{part}_error{suffix}"] = _error(model, x, y, mode, data_parallel) if wanted else None
     return {k: row[k] for k in ("train_error", "test_error", "train_error_bayes", "test_error_bayes")}
+
+
+def _error(model: BPSequential, x: Tensor, y: Tensor, mode: str,
+           data_parallel: DataParallel | None) -> float:
+    """Fraction of misclassified samples; data-parallel, the sum of every rank's count over
+    the whole size (the same float as one process computes)."""
+    if data_parallel is None:
+        return model.error(x, y, mode)
+    total = x.shape[0]
+    x, y = data_parallel.shard(x), data_parallel.shard(y)
+    wrong = torch.zeros((), dtype=torch.float64, device=model.device)
+    if x.shape[0]:
+        pred = model.predict(x, mode)
+        wrong = (pred != y.to(pred.device, pred.dtype)).double().sum()
+    return float(data_parallel.sum(wrong)) / total
 
 
 class MessagePassingTrainer:
@@ -84,6 +106,13 @@ class MessagePassingTrainer:
         self.eval_bayes = eval_bayes
         self.method = method or model.bp_layers[0].algo
         self.device = model.device
+        self.data_parallel: DataParallel | None = None
+
+    def distribute(self, data_parallel: DataParallel) -> None:
+        """Data-parallel training: the field messages of every step are summed over the ranks
+        (one flattened all-reduce per inner iteration), the errors are counted on shards."""
+        self.data_parallel = data_parallel
+        self.model.h_in_reduction = data_parallel.all_reduce_
 
     def prepare(self, data: Dataset) -> Dataset:
         model = self.model
@@ -106,7 +135,7 @@ class MessagePassingTrainer:
         return {"delta": sum(deltas) / len(deltas)}
 
     def evaluate(self, data: Dataset, epoch: int, batch_size: int) -> dict:
-        return evaluate(self.model, data, self.eval_bayes)
+        return evaluate(self.model, data, self.eval_bayes, self.data_parallel)
 
     def state_dict(self) -> dict:
         """The architecture, the buffers and the reinforcement state (layer r, schedule clock)."""
@@ -179,17 +208,36 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
                       full_batch=full_batch, tau_max=tau_max, r_step=r_step, seed=seed,
                       dataset_name=data.name, device=str(model.device), dtype=str(model.dtype),
                       method=trainer.method)
+    data_parallel = DataParallel.current()
+    world_size = data_parallel.world_size if data_parallel else 1
+    config = dict(config or {}, world_size=world_size,
+                  backend=data_parallel.backend if data_parallel else None)
+    if data_parallel:
+        if batch_size < world_size:
+            raise ValueError(f"batch_size {batch_size} is smaller than the world size {world_size}: "
+                             "every rank needs at least one sample of each mini-batch")
+        data_parallel.check_same("(seed, batch size, epochs, training-set size)",
+                                 (seed, batch_size, epochs, n_train))
+        trainer.distribute(data_parallel)
+    is_main = data_parallel is None or data_parallel.is_main
 
-    log = RunLog(run_dir, config, resume=resume) if run_dir else None
+    if resume and not run_dir:
+        raise ValueError("resume=True needs run_dir")
     start_epoch = 0
     if resume:
-        if log is None:
-            raise ValueError("resume=True needs run_dir")
-        state = torch.load(log.checkpoint_path, map_location=device, weights_only=False)
+        state = torch.load(os.path.join(run_dir, CHECKPOINT), map_location=device,
+                           weights_only=False)
+        saved_world = state["config"].get("world_size", 1) if state.get("config") else 1
+        if saved_world != world_size:
+            raise ValueError(f"{run_dir} was trained with {saved_world} data-parallel "
+                             f"process(es); resume it with the same number, not {world_size}")
         trainer.load_state_dict(state["trainer"])
         start_epoch = state["epoch"]
+    log = RunLog(run_dir, config, resume=resume) if run_dir and is_main else None
+    if log and resume:
         log.truncate(start_epoch)
     rows = list(log.rows) if log else []
+    progress = progress and is_main
 
     n_batches = n_train // batch_size
     for epoch in range(start_epoch + 1, epochs + 1):
@@ -203,6 +251,8 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
                    disable=not progress, leave=False, unit="batch")
         for j in bar:
             idx = order[j * batch_size:(j + 1) * batch_size]
+            if data_parallel:
+                idx = data_parallel.shard(idx)
             stats.append(trainer.step(data.train_x[idx], data.train_y[idx]))
         _synchronize(device)
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
