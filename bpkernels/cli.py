@@ -13,6 +13,7 @@ import torch
 
 from . import data as datasets
 from .algorithms import ALGORITHMS
+from .distributed import init_from_environment, is_main_process
 from .arch import build_arch, mlp
 from .runlog import plot_errors
 from .train import evaluate, fit, load_model
@@ -147,14 +148,14 @@ def default_run_dir(kind: str) -> str:
 def cmd_train(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = init_from_environment(resolve_device(args.device))
     data = load_data(args)
     method = args.algo if args.method == "bp" else args.method
     run_dir = args.run_dir or default_run_dir(method)
     print(f"training {method} on {data.name} ({data.train_x.shape[0]} train / "
           f"{data.test_x.shape[0]} test) on {device}; run folder {run_dir}")
     rows = run_method(method, args, data, device, run_dir)
-    if rows:
+    if rows and is_main_process():
         last = rows[-1]
         print(json.dumps({k: last[k] for k in ("epoch", "train_error", "test_error",
                                                "test_error_bayes", "seconds")}))
@@ -180,7 +181,7 @@ def cmd_eval(args) -> int:
 def cmd_compare(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = init_from_environment(resolve_device(args.device))
     data = load_data(args)
     out_dir = args.out or default_run_dir("compare")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -190,8 +191,9 @@ def cmd_compare(args) -> int:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         results[method] = run_method(method, args, data, device, os.path.join(out_dir, method))
-    write_comparison(results, out_dir)
-    print(open(os.path.join(out_dir, "compare.md")).read())
+    if is_main_process():
+        write_comparison(results, out_dir)
+        print(open(os.path.join(out_dir, "compare.md")).read())
     return 0
 
 

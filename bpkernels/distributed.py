@@ -90,13 +90,21 @@ class DataParallel:
             raise RuntimeError(f"data-parallel ranks disagree on {name}: {values}")
 
 
-def init_from_environment(device: torch.device) -> DataParallel | None:
+def init_from_environment(device: torch.device) -> torch.device:
     """Initialises the default process group from torchrun's environment (RANK, WORLD_SIZE,
-    MASTER_ADDR, MASTER_PORT; LOCAL_RANK picks the GPU) if it is set and not initialised yet:
-    NCCL for CUDA devices, Gloo for the CPU. Returns the data-parallel context, or None for a
-    single process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    MASTER_ADDR, MASTER_PORT) if it is set and not initialised yet: NCCL for CUDA devices (the
+    GPU LOCAL_RANK for this process), Gloo for the CPU. Returns this process's device."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DataParallel.current()
+    return device
+
+
+def is_main_process() -> bool:
+    """True outside a data-parallel run and on rank 0: the process that writes files."""
+    data_parallel = DataParallel.current()
+    return data_parallel is None or data_parallel.is_main

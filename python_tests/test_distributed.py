@@ -134,3 +134,28 @@ def test_resume_refuses_another_world_size(tmp_path):
     torch.save(state, os.path.join(run, "checkpoint.pt"))
     with pytest.raises(ValueError, match="trained with 2 data-parallel process"):
         fit(model, ds, **kwargs, run_dir=run, resume=True)
+
+
+@pytest.mark.slow
+def test_torchrun_command_line_trains_message_passing_and_ddp_baselines(tmp_path):
+    """`torchrun --nproc_per_node 2 -m bpkernels compare ...`: message passing with the
+    all-reduced field messages and STE under DistributedDataParallel; rank 0 writes the run
+    folders, whose configs record the world size and the backend."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", "29531", "-m", "bpkernels", "compare", "--dataset", "teacher",
+           "--subset", "240", "--test-subset", "60", "--hidden", "11", "--epochs", "2",
+           "--batch-size", "40", "--no-progress", "--methods", "bpi,ste", "--threads", "1",
+           "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for method in ("bpi", "ste"):
+        config = json.loads((out / method / "config.json").read_text())
+        assert (config["world_size"], config["backend"]) == (2, "gloo")
+        assert len((out / method / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (out / "compare.md").read_text().count("| ste |") == 2

@@ -252,7 +252,7 @@ class BayesBiNNTrainer(BaselineTrainer):
         fields = list(self.model.fields)
 
         def closure(weights: dict[Tensor, Tensor]) -> Tensor:
-            z = self.model(x, [weights[f] for f in fields], dropout=True)
+            z = self.network(x, [weights[f] for f in fields], dropout=True)
             return loss_fn(z, y, self.binary, self.opt["loss"])
 
         loss = self.optimizer.step(closure)

@@ -361,6 +361,9 @@ class BaselineTrainer:
         self.model = BinaryNet(self.layers, o["activation"], o["proxy"], o["proxy_scale"],
                                o["batch_norm"], o["bn_affine"], o["bn_eps"], o["bn_momentum"],
                                o["dropout_in"], o["dropout_hidden"], self.device, dtype)
+        # The module the training forward passes go through: the model, or its
+        # DistributedDataParallel wrapper in a data-parallel run (distribute).
+        self.network: nn.Module = self.model
         self.generator = torch.Generator(self.device).manual_seed(seed * 1_000_003 + 1)
         self.model.generator = self.generator
         self.prev_signs: list[Tensor] | None = None
@@ -411,6 +414,12 @@ class BaselineTrainer:
 
     def step(self, x: Tensor, y: Tensor) -> Tensor:
         return self.train_step(x, y)
+
+    def distribute(self, data_parallel) -> None:
+        """Data-parallel training with DistributedDataParallel: gradients averaged over the
+        ranks' shards, BN statistics broadcast from rank 0."""
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.network = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
 
     def epoch_metrics(self, stats: list[Tensor]) -> dict:
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)

@@ -75,7 +75,7 @@ class STETrainer(BaselineTrainer):
 
     def train_step(self, x: Tensor, y: Tensor) -> Tensor:
         self.model.train()
-        z = self.model(x, self.train_weights(), act_noise=self.opt["stochastic_acts"],
+        z = self.network(x, self.train_weights(), act_noise=self.opt["stochastic_acts"],
                        dropout=True)
         loss = self.objective(z, y)
         for opt in self.optimizers:
