@@ -197,6 +197,56 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def continual_trainer(method: str, args, data, n_train: int, device):
+    """The trainer of one continual-learning method: message passing ("amp": the paper's
+    setting ρ = 1, ψ = 0.8 on every layer including the output; "amp-default": the library's
+    defaults), or a gradient baseline ("ste", "bayesbinn", "st", "meta": STE with the
+    metaplastic preset)."""
+    from .train import MessagePassingTrainer
+
+    algo, _, variant = method.partition("-")
+    if algo in ALGORITHMS and variant in ("", "default"):
+        sizes = [data.train_x.shape[1], *args.hidden, 1 if data.binary else data.num_classes]
+        rho = None if variant else 1.0
+        model = mlp(sizes, algo=algo, output="sign" if data.binary else "argmax", rho=rho,
+                    psi=args.psi[0] if args.psi else 0.8, seed=args.seed,
+                    dtype=getattr(torch, args.dtype), device=device)
+        return MessagePassingTrainer(model, tau_max=args.tau_max, eval_bayes=False, method=method)
+    from .baselines import make_trainer
+
+    base, preset = ("ste", "metaplastic") if method == "meta" else (method, None)
+    options = parse_options(args.opt)
+    if base == "bayesbinn":
+        options.setdefault("mc_samples", 0)  # per-task accuracies are point-wise
+    steps = args.epochs_per_task * (n_train // args.batch_size)
+    return make_trainer(base, data, hidden=args.hidden, total_steps=steps, seed=args.seed,
+                        device=device, preset=preset, method_name=method, **options)
+
+
+def cmd_continual(args) -> int:
+    from . import continual
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = init_from_environment(resolve_device(args.device))
+    base = load_data(args)
+    tasks = continual.permuted_tasks(base, args.tasks, seed=args.seed)
+    out_dir = args.out or default_run_dir("continual")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    results = {}
+    for method in methods:
+        print(f"== {method}: {args.tasks} tasks × {args.epochs_per_task} epochs")
+        trainer = continual_trainer(method, args, base, base.train_x.shape[0], device)
+        results[method] = continual.train_continual(
+            trainer, tasks, args.epochs_per_task, args.batch_size, seed=args.seed,
+            run_dir=os.path.join(out_dir, method), resume=args.resume,
+            progress=not args.no_progress)
+    if is_main_process():
+        continual.write_report(results, args.tasks, out_dir)
+        print(open(os.path.join(out_dir, "summary.md")).read())
+    return 0
+
+
 def write_comparison(results: dict[str, list[dict]], out_dir: str) -> None:
     """compare.md / compare.csv (one row per method and epoch) and compare.png."""
     os.makedirs(out_dir, exist_ok=True)
@@ -241,6 +291,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("continual", help="continual learning on permuted tasks: accuracy matrix "
+                                         "per method, average final accuracy, backward transfer")
+    add_common_options(p)
+    add_mp_options(p)
+    p.add_argument("--methods", default="amp,amp-default,ste,bayesbinn,meta",
+                   help="comma-separated: bp|bpi|amp|mf (paper setting ρ = 1 on every layer), "
+                        "<algo>-default (library defaults), ste, bayesbinn, st, meta "
+                        "(metaplastic STE)")
+    p.add_argument("--tasks", type=int, default=6, help="number of tasks (task 1 unpermuted)")
+    p.add_argument("--epochs-per-task", type=int, default=40)
+    p.add_argument("--out", default=None, help="output folder (default runs/continual-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the runs in --out")
+    p.set_defaults(func=cmd_continual)
 
     p = sub.add_parser("compare", help="train several methods on the same data and tabulate")
     add_common_options(p)

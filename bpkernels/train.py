@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -147,6 +147,14 @@ class MessagePassingTrainer:
     def load_state_dict(self, state: dict) -> None:
         load_model_state(self.model, state)
 
+    def begin_task(self, task: int) -> None:
+        """A new task of a sequence (continual learning): nothing is reset, so the first
+        mini-batch of the task takes θ = ρ·H with H the posterior of the previous task."""
+
+    def test_error(self, x: Tensor, y: Tensor) -> float:
+        """Point-wise error of the network on (x, y)."""
+        return self.model.error(x, y)
+
 
 def load_model_state(model: BPSequential, state: dict) -> None:
     """Loads a :meth:`MessagePassingTrainer.state_dict` into ``model``."""
@@ -164,7 +172,8 @@ def _synchronize(device: torch.device) -> None:
 def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None = 128,
         tau_max: int = 1, r_step: float = 0.0, seed: int = 0, run_dir: str | None = None,
         config: dict | None = None, resume: bool = False, progress: bool = True,
-        eval_bayes: bool = True, method: str | None = None, test_data=None) -> list[dict]:
+        eval_bayes: bool = True, method: str | None = None, test_data=None,
+        extra_eval: Callable[[], dict] | None = None) -> list[dict]:
     """Trains a model (by message passing) or any :class:`Trainer`, and returns one metrics row
     per epoch.
 
@@ -186,6 +195,8 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
             epoch, atomically) and errors.png there.
         resume: continue from run_dir/checkpoint.pt; the result is bit-identical to the run
             that was not interrupted.
+        extra_eval: called after each epoch's evaluation; its fields join the row (e.g. the
+            accuracies on every task of a continual-learning run).
 
     Rows: epoch, method, train_error, test_error, train_error_bayes, test_error_bayes, the
     trainer's evaluation fields, seconds (training wall time of the epoch), cpu_seconds,
@@ -262,6 +273,8 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
                    peak_mem_bytes=(torch.cuda.max_memory_allocated(device)
                                    if device.type == "cuda" else None))
         row.update(trainer.epoch_metrics(stats))
+        if extra_eval is not None:
+            row.update(extra_eval())
         rows.append(row)
         if progress:
             bayes = (f", Bayes test {100 * row['test_error_bayes']:.2f}%"

@@ -76,31 +76,46 @@ def train_baseline(method: str, data: Dataset, hidden: list[int] | None, epochs:
     (point-wise with the training BN statistics), bn_seconds, median_abs_field,
     frac_abs_field_lt1, clamp_events.
     """
-    options = method_options(method, preset, **method_options_)
     n_train = data.train_x.shape[0]
     if not 1 <= batch_size <= n_train:
         raise ValueError(f"batch_size must be in [1, {n_train}], got {batch_size}")
+    trainer = make_trainer(method, data, hidden, epochs * (n_train // batch_size), seed, device,
+                           preset, arch, input_shape, **method_options_)
+    config = dict(method=method, preset=preset, options=trainer.opt, arch=arch,
+                  sizes=None if arch else mlp_sizes(data, hidden), epochs=epochs,
+                  batch_size=batch_size, seed=seed, dataset=data.name, n_train=n_train,
+                  device=str(trainer.device), dtype=str(data.train_x.dtype), torch=torch.__version__)
+    return fit(trainer, data, epochs, batch_size, seed=seed, run_dir=run_dir, config=config,
+               resume=resume, progress=progress)
+
+
+def mlp_sizes(data: Dataset, hidden: list[int]) -> list[int]:
+    """[D, *hidden, outputs]: 10-class tasks num_classes outputs, ±1 labels one."""
+    return [data.train_x.shape[1], *hidden, 1 if data.binary else data.num_classes]
+
+
+def make_trainer(method: str, data: Dataset, hidden: list[int] | None, total_steps: int,
+                 seed: int = 0, device="cpu", preset: str | None = None, arch: str | None = None,
+                 input_shape: tuple[int, ...] = (1, 28, 28), method_name: str | None = None,
+                 **method_options_) -> BaselineTrainer:
+    """The trainer of one gradient baseline for ``data`` (see :func:`train_baseline`), its
+    schedules spanning ``total_steps`` optimiser steps; ``method_name`` labels its rows."""
+    options = method_options(method, preset, **method_options_)
     if arch is not None:
         if math.prod(input_shape) != data.train_x.shape[1]:
             raise ValueError(f"arch {arch!r} expects {list(input_shape)} images, but the examples "
                              f"have {data.train_x.shape[1]} features")
         layers = parse_arch(arch, 2 if data.binary else data.num_classes, input_shape)
     else:
-        layers = [data.train_x.shape[1], *hidden, 1 if data.binary else data.num_classes]
-    total_steps = epochs * (n_train // batch_size)
-    device = torch.device(device)
-    dtype = data.train_x.dtype
-    trainer = TRAINERS[method](layers, data.binary, n_train, total_steps, seed, device, dtype,
-                               **options)
-    config = dict(method=method, preset=preset, options=options, arch=arch,
-                  sizes=None if arch else layers, epochs=epochs,
-                  batch_size=batch_size, seed=seed, dataset=data.name, n_train=n_train,
-                  device=str(device), dtype=str(dtype), torch=torch.__version__)
-    return fit(trainer, data, epochs, batch_size, seed=seed, run_dir=run_dir, config=config,
-               resume=resume, progress=progress)
+        layers = mlp_sizes(data, hidden)
+    trainer = TRAINERS[method](layers, data.binary, data.train_x.shape[0], total_steps, seed,
+                               torch.device(device), data.train_x.dtype, **options)
+    if method_name:
+        trainer.method = method_name
+    return trainer
 
 
 __all__ = ["BASELINE_METHODS", "TRAINERS", "BaselineTrainer", "BayesBiNN", "BayesBiNNTrainer",
            "BinaryNet", "STETrainer", "STTrainer", "SignSTE", "WeightSTE",
-           "log_gumbel_scale", "method_options", "proxy_derivative", "reestimated_bn", "sign_pm",
+           "log_gumbel_scale", "make_trainer", "method_options", "proxy_derivative", "reestimated_bn", "sign_pm",
            "train_baseline"]

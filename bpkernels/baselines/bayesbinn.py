@@ -152,7 +152,8 @@ class BayesBiNN(torch.optim.Optimizer):
         state = self.state[lam]
         state["step"] = state.get("step", 0) + 1
         beta, alpha = group["momentum"], group["lr"]
-        n_eff, r, prior = group["n_eff"], group["kl_weight"], group["prior"]
+        # λ_0: the group's prior, or this parameter's own (a previous task's posterior)
+        n_eff, r, prior = group["n_eff"], group["kl_weight"], state.get("prior", group["prior"])
         mu_before = torch.tanh(lam) if group["estimator"] == "published" else None
         if beta > 0:
             # m ← β m + (1 − β)(N_eff ĝ + r (λ − λ_0)),  λ ← λ − α m/(1 − β^t)
@@ -263,6 +264,20 @@ class BayesBiNNTrainer(BaselineTrainer):
         # W = sign(λ + δ), δ ~ Logistic(0, ½)
         return [sign_pm(f.detach() + logistic_noise(f.shape, 0.5, gen, f.device, f.dtype))
                 for f in self.model.fields]
+
+    def begin_task(self, task: int) -> None:
+        """BayesBiNN's continual recipe: from the second task on, the posterior natural
+        parameters λ of the previous task become the prior λ_0, and the learning-rate schedule
+        starts again."""
+        if task > 0:
+            for group in self.optimizer.param_groups:
+                if group["binary"]:
+                    for lam in group["params"]:
+                        self.optimizer.state[lam]["prior"] = lam.detach().clone()
+        sched = self.scheduler
+        sched.last_epoch = 0
+        for group, factor in zip(sched.optimizer.param_groups, sched.lr_lambdas):
+            group["lr"] = group["initial_lr"] * factor(0)
 
     def lr(self) -> float:
         return self.opt["lr"] * self._factor(self.scheduler.last_epoch)

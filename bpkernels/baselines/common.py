@@ -415,6 +415,15 @@ class BaselineTrainer:
     def step(self, x: Tensor, y: Tensor) -> Tensor:
         return self.train_step(x, y)
 
+    def begin_task(self, task: int) -> None:
+        """A new task of a sequence (continual learning); methods override what they reset."""
+
+    @torch.no_grad()
+    def test_error(self, x: Tensor, y: Tensor) -> float:
+        """Point-wise error of the evaluation network (training BN statistics) on (x, y)."""
+        logits = outputs(self.model, x, self.eval_weights(), chunk=self.opt["eval_chunk"])
+        return error_rate(logits, y, self.binary)
+
     def distribute(self, data_parallel) -> None:
         """Data-parallel training with DistributedDataParallel: gradients averaged over the
         ranks' shards, BN statistics broadcast from rank 0."""

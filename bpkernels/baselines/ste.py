@@ -26,7 +26,8 @@ class STETrainer(BaselineTrainer):
         "cosine" or "constant").
     glorot: scale the binary layers' learning rate by c_ℓ = (1.5/(n_in + n_out))^{−1/2}.
     init: latent weights U(−init, init).  clip: H, clip w to [−H, H] after each step (None: off).
-    betas, eps: Adam.  Plus the network and evaluation options of ``COMMON_DEFAULTS``.
+    betas, eps: Adam.  meta: metaplasticity m (0: off; see ``_metaplastic``).
+    Plus the network and evaluation options of ``COMMON_DEFAULTS``.
     Preset ``binarynet-mnist``: the paper's MNIST recipe (squared hinge, dropout 0.2/0.5,
     3e-3 → 3e-7); the paper's batch 100, [−1, 1] inputs and 4096-unit layers are harness
     settings.
@@ -34,9 +35,12 @@ class STETrainer(BaselineTrainer):
 
     method = "ste"
     DEFAULTS = {**COMMON_DEFAULTS, "lr": 3e-4, "lr_end": 3e-6, "schedule": "geometric",
-                "glorot": True, "init": 1.0, "clip": 1.0, "betas": (0.9, 0.999), "eps": 1e-8}
+                "glorot": True, "init": 1.0, "clip": 1.0, "betas": (0.9, 0.999), "eps": 1e-8,
+                "meta": 0.0}
     PRESETS = {"binarynet-mnist": dict(loss="sqhinge", dropout_in=0.2, dropout_hidden=0.5,
-                                       lr=3e-3, lr_end=3e-7)}
+                                       lr=3e-3, lr_end=3e-7),
+               # Laborieux et al. (2021), permuted-MNIST runs: metaplasticity m = 1.35, no clip
+               "metaplastic": dict(meta=1.35, clip=None)}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -81,9 +85,12 @@ class STETrainer(BaselineTrainer):
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         loss.backward()
+        before = [f.detach().clone() for f in self.model.fields] if self.opt["meta"] else None
         # m ← β1 m + (1−β1) g,  v ← β2 v + (1−β2) g²,  w ← clip(w − c_ℓ η_t m̂/(√v̂ + ε), −H, H)
         for opt in self.optimizers:
             opt.step()
+        if before is not None:
+            self._metaplastic(before)
         if self.opt["clip"] is not None:
             with torch.no_grad():
                 for f in self.model.fields:
@@ -91,6 +98,25 @@ class STETrainer(BaselineTrainer):
         for sched in self.schedulers:
             sched.step()
         return loss.detach()
+
+    @torch.no_grad()
+    def _metaplastic(self, before: list[Tensor]) -> None:
+        """Metaplasticity (Laborieux et al. 2021): an update Δ that moves a hidden weight w_h
+        toward zero (Δ·w_h < 0) is scaled by 1 − tanh²(m·w_h), so weights that grew large
+        consolidate:  w_h ← w_h + Δ·f,  f = 1 − tanh²(m w_h) where Δ w_h < 0, else 1."""
+        m = self.opt["meta"]
+        for field, old in zip(self.model.fields, before):
+            step = field - old
+            shrink = step * old < 0
+            field.copy_(old + torch.where(shrink, step * (1 - torch.tanh(m * old).square()), step))
+
+    def begin_task(self, task: int) -> None:
+        """A new task of a sequence: the learning-rate schedules start again (the optimiser
+        state is kept: plain sequential fine-tuning)."""
+        for sched in self.schedulers:
+            sched.last_epoch = 0
+            for group, factor in zip(sched.optimizer.param_groups, sched.lr_lambdas):
+                group["lr"] = group["initial_lr"] * factor(0)
 
     def lr(self) -> float:
         return self.opt["lr"] * self._factor(self.schedulers[0].last_epoch)
