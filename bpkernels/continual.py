@@ -22,7 +22,7 @@ import os
 import torch
 
 from .data import Dataset
-from .runlog import CHECKPOINT, read_metrics
+from .runlog import CHECKPOINT, load_checkpoint, read_metrics
 from .train import fit
 
 
@@ -64,7 +64,7 @@ def train_continual(trainer, tasks: list[Dataset], epochs_per_task: int, batch_s
         if done == epochs_per_task:
             next_dir = None if t + 1 == len(tasks) else os.path.join(run_dir, f"task-{t + 1}")
             if next_dir is None or _epochs_done(next_dir) == 0:
-                state = torch.load(os.path.join(task_dir, CHECKPOINT), weights_only=False)
+                state = load_checkpoint(os.path.join(task_dir, CHECKPOINT))
                 trainer.load_state_dict(state["trainer"])
             rows += read_metrics(os.path.join(task_dir, "metrics.jsonl"))
             continue
@@ -86,7 +86,7 @@ def train_continual(trainer, tasks: list[Dataset], epochs_per_task: int, batch_s
 def _epochs_done(task_dir: str | None) -> int:
     if task_dir is None or not os.path.exists(os.path.join(task_dir, CHECKPOINT)):
         return 0
-    return torch.load(os.path.join(task_dir, CHECKPOINT), weights_only=False)["epoch"]
+    return load_checkpoint(os.path.join(task_dir, CHECKPOINT))["epoch"]
 
 
 def accuracy_matrix(rows: list[dict], n_tasks: int) -> list[list[float]]:

@@ -11,6 +11,7 @@ until the epoch ends). :class:`MessagePassingTrainer` adapts a
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Callable, Protocol
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .data import Dataset, as_dataset
 from .distributed import DataParallel
-from .runlog import CHECKPOINT, RunLog
+from .runlog import CHECKPOINT, RunLog, load_checkpoint
 from .sequential import BPSequential
 
 
@@ -169,11 +170,50 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# Configuration keys a resumed run may change; every other key must equal the checkpoint's.
+RESUMABLE_CHANGES = frozenset({"epochs", "resume", "overwrite", "threads", "no_progress",
+                               "progress", "device", "run_dir", "out", "data_dir"})
+
+
+def check_resume_config(saved: dict, config: dict, run_dir: str) -> None:
+    """Refuses to resume with another configuration (algorithm, dtype, seed, data, batch
+    size, ...), naming the keys that differ."""
+    keys = (set(saved) | set(config)) - RESUMABLE_CHANGES
+    differ = sorted(k for k in keys if saved.get(k) != config.get(k))
+    if differ:
+        details = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {config.get(k)!r} now"
+                            for k in differ)
+        raise ValueError(f"cannot resume {run_dir} with another configuration ({details}); "
+                         "start a new run instead")
+
+
+def check_finite(row: dict, state: dict, epoch: int, run_dir: str | None) -> None:
+    """Stops a run whose metrics or state became NaN or infinite, before they are written:
+    the last checkpoint (the previous epoch's) stays the last good one."""
+    bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+
+    def walk(name, value):
+        if isinstance(value, Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            bad.append(name)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{name}.{k}" if name else str(k), v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                walk(f"{name}[{i}]", v)
+
+    walk("", state)
+    if bad:
+        kept = f"; {run_dir} keeps the checkpoint of epoch {epoch - 1}" if run_dir else ""
+        raise FloatingPointError(f"training diverged in epoch {epoch}: non-finite {', '.join(bad[:6])}"
+                                 f"{kept}. Check the inputs' scale and the hyper-parameters.")
+
+
 def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None = 128,
         tau_max: int = 1, r_step: float = 0.0, seed: int = 0, run_dir: str | None = None,
         config: dict | None = None, resume: bool = False, progress: bool = True,
         eval_bayes: bool = True, method: str | None = None, test_data=None,
-        extra_eval: Callable[[], dict] | None = None) -> list[dict]:
+        extra_eval: Callable[[], dict] | None = None, overwrite: bool = False) -> list[dict]:
     """Trains a model (by message passing) or any :class:`Trainer`, and returns one metrics row
     per epoch.
 
@@ -194,7 +234,9 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
         run_dir: if given, writes config.json, metrics.jsonl, checkpoint.pt (after every
             epoch, atomically) and errors.png there.
         resume: continue from run_dir/checkpoint.pt; the result is bit-identical to the run
-            that was not interrupted.
+            that was not interrupted. The configuration must match the checkpoint's except
+            for the keys of RESUMABLE_CHANGES (e.g. more epochs).
+        overwrite: start a new run in a run_dir that holds one (else that is an error).
         extra_eval: called after each epoch's evaluation; its fields join the row (e.g. the
             accuracies on every task of a continual-learning run).
 
@@ -236,15 +278,11 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
         raise ValueError("resume=True needs run_dir")
     start_epoch = 0
     if resume:
-        state = torch.load(os.path.join(run_dir, CHECKPOINT), map_location=device,
-                           weights_only=False)
-        saved_world = state["config"].get("world_size", 1) if state.get("config") else 1
-        if saved_world != world_size:
-            raise ValueError(f"{run_dir} was trained with {saved_world} data-parallel "
-                             f"process(es); resume it with the same number, not {world_size}")
+        state = load_checkpoint(os.path.join(run_dir, CHECKPOINT), map_location=device)
+        check_resume_config(state.get("config") or {}, config, run_dir)
         trainer.load_state_dict(state["trainer"])
         start_epoch = state["epoch"]
-    log = RunLog(run_dir, config, resume=resume) if run_dir and is_main else None
+    log = RunLog(run_dir, config, resume=resume, overwrite=overwrite) if run_dir and is_main else None
     if log and resume:
         log.truncate(start_epoch)
     rows = list(log.rows) if log else []
@@ -275,6 +313,8 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
         row.update(trainer.epoch_metrics(stats))
         if extra_eval is not None:
             row.update(extra_eval())
+        state = trainer.state_dict()
+        check_finite(row, state, epoch, run_dir)
         rows.append(row)
         if progress:
             bayes = (f", Bayes test {100 * row['test_error_bayes']:.2f}%"
@@ -284,7 +324,7 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
                        f"test {test}{bayes}, {seconds:.1f} s")
         if log:
             log.log(row)
-            log.save_checkpoint({"epoch": epoch, "config": config, "trainer": trainer.state_dict()})
+            log.save_checkpoint({"epoch": epoch, "config": config, "trainer": state})
     if log and rows:
         log.plot(title=trainer.method)
     return rows
@@ -293,7 +333,7 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
 def load_model(checkpoint_path: str, device=None) -> tuple[BPSequential, dict]:
     """Rebuilds a trained message-passing model from a checkpoint written by :func:`fit`.
     Returns (model, checkpoint)."""
-    state = torch.load(checkpoint_path, map_location=device or "cpu", weights_only=False)
+    state = load_checkpoint(checkpoint_path, map_location=device or "cpu")
     trainer_state = state.get("trainer") if isinstance(state, dict) else None
     if not isinstance(trainer_state, dict) or "model_config" not in trainer_state:
         raise ValueError(f"{checkpoint_path} is not a bpkernels message-passing checkpoint")

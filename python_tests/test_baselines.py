@@ -14,6 +14,8 @@ import os
 
 import pytest
 import torch
+
+from bpkernels.runlog import load_checkpoint
 from torch import Tensor
 
 from bpkernels.baselines import (BASELINE_METHODS, BaselineTrainer, BayesBiNN, BayesBiNNTrainer,
@@ -320,7 +322,7 @@ def test_resume_is_bit_identical(method, tmp_path, monkeypatch):
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         assert [json.loads(line)["epoch"] for line in f] == [1, 2, 3]
     assert os.path.exists(os.path.join(run_dir, "errors.png"))
-    ck_full = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=False)
-    ck_res = torch.load(os.path.join(run_dir, "checkpoint.pt"), weights_only=False)
+    ck_full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    ck_res = load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
     for key, value in ck_full["trainer"]["model"].items():
         assert torch.equal(value, ck_res["trainer"]["model"][key]), key

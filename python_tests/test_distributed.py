@@ -9,6 +9,8 @@ import os
 
 import pytest
 import torch
+
+from bpkernels.runlog import load_checkpoint, save_checkpoint
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -129,9 +131,9 @@ def test_resume_refuses_another_world_size(tmp_path):
     model, ds, kwargs = build("mf-dense-argmax-f64", BATCH)
     run = str(tmp_path / "run")
     fit(model, ds, **{**kwargs, "epochs": 1}, run_dir=run)
-    state = torch.load(os.path.join(run, "checkpoint.pt"), weights_only=False)
+    state = load_checkpoint(os.path.join(run, "checkpoint.pt"))
     state["config"]["world_size"] = 2
-    torch.save(state, os.path.join(run, "checkpoint.pt"))
+    save_checkpoint(state, os.path.join(run, "checkpoint.pt"))
     with pytest.raises(ValueError, match="trained with 2 data-parallel process"):
         fit(model, ds, **kwargs, run_dir=run, resume=True)
 

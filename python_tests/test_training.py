@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pytest
 import torch
+
+from bpkernels.runlog import load_checkpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from bpkernels import cli, data, mlp
@@ -229,5 +231,5 @@ def test_cli_conv_architecture(tmp_path):
                      "--test-subset", "32", "--arch", "conv4k3s2p1-dense1", "--methods", "mf,ste",
                      "--epochs", "1", "--batch-size", "16", "--no-progress", "--out", str(out)]) == 0
     assert json.loads((out / "ste" / "config.json").read_text())["arch"] == "conv4k3s2p1-dense1"
-    ste = torch.load(out / "ste" / "checkpoint.pt", weights_only=False)["trainer"]["model"]
+    ste = load_checkpoint(out / "ste" / "checkpoint.pt")["trainer"]["model"]
     assert ste["fields.0"].shape == (4, 1, 3, 3) and ste["fields.1"].shape == (1, 4 * 14 * 14)

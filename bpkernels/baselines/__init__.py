@@ -84,7 +84,7 @@ def train_baseline(method: str, data: Dataset, hidden: list[int] | None, epochs:
     config = dict(method=method, preset=preset, options=trainer.opt, arch=arch,
                   sizes=None if arch else mlp_sizes(data, hidden), epochs=epochs,
                   batch_size=batch_size, seed=seed, dataset=data.name, n_train=n_train,
-                  device=str(trainer.device), dtype=str(data.train_x.dtype), torch=torch.__version__)
+                  device=str(trainer.device), dtype=str(data.train_x.dtype), torch=str(torch.__version__))
     return fit(trainer, data, epochs, batch_size, seed=seed, run_dir=run_dir, config=config,
                resume=resume, progress=progress)
 
