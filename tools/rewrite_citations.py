@@ -31,6 +31,14 @@ OUTSIDE_NAME = re.compile(r"(?:(?:\.\./|/work/)?shared/spec/)?\b(ALGORITHMS|BASE
 SPEC_BEFORE_DOC = re.compile(r"\b[Ss]pec:?\s+(`*)(docs/(?:algorithms|baselines)\.md)")
 # "spec §" with no document named.
 SPEC_SECTION = re.compile(r"\b[Ss]pec\s+(?=§)")
+# Remarks about what the external specification says that docs/algorithms.md does not say (it
+# states the corrected fact): dropped, so that the rewrite does not turn them into false claims.
+STALE = [
+    # binary_bp.h on the growth of U: docs/algorithms.md §2.2 gives ω²/(4V), as the code does.
+    (re.compile(r" \(spec §2\.2 says ω²/\(2V\); the\n(\s*//) asymptote of ½ ln\(2/erfc y\) is y²/2 = "
+                r"ω²/\(4s²\)\) \(pitfall §10\.2\)\."),
+     r" = y²/2,\n\1 the asymptote of ½ ln(2/erfc y) (pitfall §10.2)."),
+]
 # A trailing rule of a separator comment ("# ---- title -----"), shortened to keep the width.
 RULE = re.compile(r"([-=])\1{3,}$")
 WIDTH = 100
@@ -41,6 +49,9 @@ def rewrite_text(path: str, text: str) -> tuple[str, list[tuple[int, str, str]]]
     in_docs = path.startswith("docs/")
     current = default_doc(path)
     out, changes = [], []
+    original = text.split("\n")
+    for pattern, replacement in STALE:
+        text = pattern.sub(replacement, text)
     for lineno, line in enumerate(text.split("\n"), 1):
         new = OUTSIDE_NAME.sub(lambda m: DOCS[m.group(1).lower()], line)
         new = SPEC_BEFORE_DOC.sub(r"\1\2", new)
@@ -58,8 +69,9 @@ def rewrite_text(path: str, text: str) -> tuple[str, list[tuple[int, str, str]]]
         mentions = DOC_MENTION.findall(new)
         if mentions and not in_docs:
             current = mentions[-1].lower()
-        if new != line:
-            changes.append((lineno, line, new))
+        old = original[lineno - 1] if lineno <= len(original) else ""
+        if new != old:
+            changes.append((lineno, old, new))
         out.append(new)
     return "\n".join(out), changes
 
