@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compile-only check of every csrc/cuda/*.cu against the headers of the installed torch wheel
-# (the CPU wheel works: BUILD.md "Compile-checking .cu files on CI with the CPU wheel"). No GPU
-# and no CUDA torch are needed; nothing is linked. ptxas prints registers / spills per kernel.
+# (the CPU wheel works: it ships the c10/cuda and ATen/cuda headers and lacks only a generated
+# macro header, which tools/cuda_shim provides). No GPU and no CUDA torch are needed; nothing is
+# linked. ptxas prints registers / spills per kernel.
 #
 # Usage: tools/cuda_compile_check.sh [file.cu ...]     (default: every csrc/cuda/*.cu)
 # Env:   PYTHON (default .venv/bin/python, else python3), CUDA_HOME (default /usr/local/cuda),
