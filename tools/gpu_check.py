@@ -250,7 +250,8 @@ try:
     import torch
     from torch.utils import cpp_extension
     r.update(torch=torch.__version__, torch_cuda=torch.version.cuda, cuda_available=torch.cuda.is_available(),
-             torch_cuda_home=cpp_extension.CUDA_HOME, torch_arch_list=torch.cuda.get_arch_list() if torch.version.cuda else [],
+             torch_cuda_home=cpp_extension.CUDA_HOME,
+             torch_arch_list=torch.cuda.get_arch_list() if torch.version.cuda else [],
              threads=torch.get_num_threads())
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
@@ -260,12 +261,14 @@ try:
 except Exception as exc:
     r["torch_error"] = repr(exc)
 mods, versions = {}, {}
-for m in ["numpy", "pytest", "xdist", "pytest_timeout", "ninja", "setuptools", "tqdm", "matplotlib", "mpmath", "hypothesis"]:
+names = ["numpy", "pytest", "xdist", "pytest_timeout", "ninja", "setuptools", "tqdm", "matplotlib", "mpmath",
+         "hypothesis"]
+for m in names:
     try:
         __import__(m); mods[m] = "ok"
     except Exception:
         mods[m] = "missing"
-for d in ["numpy", "pytest", "pytest-xdist", "pytest-timeout", "ninja", "setuptools", "tqdm", "matplotlib", "mpmath", "hypothesis"]:
+for d in [{"xdist": "pytest-xdist", "pytest_timeout": "pytest-timeout"}.get(m, m) for m in names]:
     try:
         versions[d] = md.version(d)
     except Exception:
@@ -294,7 +297,7 @@ print("PROBE " + json.dumps(r))
                                     min(limit, 60))
                 if rc == 0:
                     installed = [Path(f).name for f in files]
-                    self.env["PYTHONPATH"] = f"{SITE}:{self.env['PYTHONPATH']}" if self.env.get("PYTHONPATH") else str(SITE)
+                    self.env["PYTHONPATH"] = f"{SITE}:{self.env['PYTHONPATH']}"
                     self.env["PATH"] = f"{SITE}/bin:{self.env.get('PATH', '')}"
                     for m in missing:
                         info["modules"][m] = "carried"
@@ -335,9 +338,7 @@ print("PROBE " + json.dumps(r))
                                                            env=self.env).stdout.strip().splitlines()[0]
             except (OSError, subprocess.SubprocessError, IndexError):
                 info[cmd[0] + "_version"] = None
-        if info.get("nvidia-smi_path"):
-            q = "name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw,memory.used,memory.total"
-            self.run(name, [info["nvidia-smi_path"], f"--query-gpu={q}", "--format=csv"], 30)
+        self.gpu_state(name)
         info["nproc"] = self.nproc
         info["uname"] = " ".join(os.uname())
         commit_file = CARRY / "commit.txt"
@@ -347,7 +348,8 @@ print("PROBE " + json.dumps(r))
         (self.out / "env.json").write_text(json.dumps({k: v for k, v in info.items() if k != "sanitizer_help"},
                                                       indent=1) + "\n")
         self.say(name, "mode: " + ("GPU " + str(info.get("device")) if self.gpu else
-                                   "REHEARSAL (torch sees no CUDA device): GPU stages are skipped or run as CPU stand-ins"))
+                                   "REHEARSAL (torch sees no CUDA device): GPU stages are skipped or run as CPU "
+                                   "stand-ins"))
         summary = {k: info.get(k) for k in ("python", "torch", "torch_cuda", "device", "capability", "cuda_home",
                                             "cuda_home_reason", "nvcc_version", "compute-sanitizer_version",
                                             "ncu_version", "commit", "data_dir", "carried_wheels_installed")}
@@ -355,6 +357,14 @@ print("PROBE " + json.dumps(r))
             self.finish(name, "fail", t, "--expect-gpu, but torch sees no CUDA device", details=summary, limit=limit)
         else:
             self.finish(name, "pass", t, details=summary, limit=limit)
+
+    def gpu_state(self, stage: str) -> None:
+        """Clocks, temperature, power and memory in use, into the stage's log (the card is
+        measured as found: nothing here changes its settings)."""
+        if self.info.get("nvidia-smi_path"):
+            q = ("name,driver_version,clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw,memory.used,"
+                 "memory.total")
+            self.run(stage, [self.info["nvidia-smi_path"], f"--query-gpu={q}", "--format=csv"], 30)
 
     def data_dir(self) -> Path | None:
         for d in (CARRY / "data", Path("/usr/share/datasets/fashion-mnist")):
@@ -389,10 +399,11 @@ import json, torch, bpkernels
 names = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("bpkernels::"))
 has = lambda n, k: torch._C._dispatch_has_kernel_for_dispatch_key(n, k)
 print("VERIFY " + json.dumps({"file": bpkernels._C.__file__, "ops": len(names),
-      "no_cpu_kernel": [n for n in names if not has(n, "CPU")], "no_cuda_kernel": [n for n in names if not has(n, "CUDA")]}))
+      "no_cpu_kernel": [n for n in names if not has(n, "CPU")],
+      "no_cuda_kernel": [n for n in names if not has(n, "CUDA")]}))
 """
         rc, _, vout = self.run(name, [self.py, "-c", verify], 60,
-                              show=f"{self.py} -c <import bpkernels as benchmarks/ does; which ops have CPU / CUDA kernels>")
+                              show=f"{self.py} -c <import bpkernels as benchmarks/ does; ops with CPU / CUDA kernels>")
         found = [line for line in vout.splitlines() if line.startswith("VERIFY ")]
         if rc != 0 or not found:
             self.finish(name, "fail", t, "the built extension does not import", cmd, details, limit)
@@ -416,7 +427,8 @@ print("VERIFY " + json.dumps({"file": bpkernels._C.__file__, "ops": len(names),
         elif self.gpu:
             self.finish(name, "pass", t, "WARNING: " + "; ".join(warnings) if warnings else "", cmd, details, limit)
         else:
-            self.finish(name, "rehearsed", t, "CPU-only build (BPK_CUDA=0): no CUDA torch/GPU here", cmd, details, limit)
+            self.finish(name, "rehearsed", t, "CPU-only build (BPK_CUDA=0): no CUDA torch/GPU here", cmd, details,
+                        limit)
 
     def s_cuda_tests(self, name: str, limit: float, t: float) -> None:
         junit = self.out / "junit_cuda.xml"
@@ -480,7 +492,8 @@ print("VERIFY " + json.dumps({"file": bpkernels._C.__file__, "ops": len(names),
                         else "sanitize_cuda.py --help failed or lacks --quick", None, {}, limit)
             return
         if not self.info.get("compute-sanitizer_path"):
-            self.finish(name, "fail", t, "compute-sanitizer not found (PATH, CUDA_HOME, /usr/local/cuda)", None, {}, limit)
+            self.finish(name, "fail", t, "compute-sanitizer not found (PATH, CUDA_HOME, /usr/local/cuda)", None, {},
+                        limit)
             return
         env = dict(self.env, PYTORCH_NO_CUDA_MEMORY_CACHING="1", OMP_NUM_THREADS="4")
         cmd = self.sanitizer_cmd(tool, quick)
@@ -502,7 +515,8 @@ print("VERIFY " + json.dumps({"file": bpkernels._C.__file__, "ops": len(names),
             self.finish(name, "timeout", t, f"{tool} did not finish", cmd, details, limit)
         elif rc == 0 and found and details["errors"] == 0 and details["mismatches"] == 0:
             warn = f", {details['race_warnings']} race warnings" if details["race_warnings"] else ""
-            self.finish(name, "pass", t, f"0 errors over {details['kernel_runs']} kernel runs{warn}", cmd, details, limit)
+            self.finish(name, "pass", t, f"0 errors over {details['kernel_runs']} kernel runs{warn}", cmd, details,
+                        limit)
         else:
             why = f"exit {rc}"
             if details["errors"]:
@@ -552,7 +566,9 @@ print("VERIFY " + json.dumps({"file": bpkernels._C.__file__, "ops": len(names),
                         else f"bench_cuda.py --help failed or lacks {missing}", None, {}, limit)
             return
         cmd = [self.py, "benchmarks/bench_cuda.py", *args, "--out", out_json]
+        self.gpu_state(name)
         rc, to, _ = self.run(name, cmd, limit)
+        self.gpu_state(name)
         rows = json.loads(out_json.read_text()) if out_json.exists() else []
         commit = self.info.get("commit")
         if rows and commit:
@@ -561,8 +577,10 @@ print("VERIFY " + json.dumps({"file": bpkernels._C.__file__, "ops": len(names),
                     r["commit"] = commit
             out_json.write_text(json.dumps(rows, indent=1) + "\n")
         untimed = [f"{r['case']} {r['op']}: {r['note']}" for r in rows if r.get("ext_ms") is None]
-        details = {"rows": len(rows), "untimed": untimed[:10], "twin_oom": sum("memory" in (r.get("note") or "") for r in rows),
-                   "bpi": [{k: r.get(k) for k in ("case", "op", "ext_ms", "twin_ms", "ratio", "ext_gelem_s", "peak_mem_bytes")}
+        keep = ("case", "op", "ext_ms", "twin_ms", "ratio", "ext_gelem_s", "peak_mem_bytes")
+        details = {"rows": len(rows), "untimed": untimed[:10],
+                   "twin_oom": sum("memory" in (r.get("note") or "") for r in rows),
+                   "bpi": [{k: r.get(k) for k in keep}
                            for r in rows if r.get("op", "").startswith("bp_linear_bwd_bpi")]}
         if to:
             self.finish(name, "timeout", t, f"{len(rows)} rows written before the limit", cmd, details, limit)
@@ -590,7 +608,8 @@ print("VERIFY " + json.dumps({"file": bpkernels._C.__file__, "ops": len(names),
             cmd += ["--device", "cpu", "--epochs", "1", "--subset", "1280", "--test-subset", "500"]
         rc, to, _ = self.run(name, cmd, limit)
         metrics = run_dir / "metrics.jsonl"
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.exists() else []
+        lines = metrics.read_text().splitlines() if metrics.exists() else []
+        rows = [json.loads(line) for line in lines if line.strip()]
         keep = ("epoch", "seconds", "train_error", "test_error", "test_error_bayes", "peak_mem_bytes")
         details = {"epochs": [{k: r.get(k) for k in keep} for r in rows]}
         if to:
@@ -598,7 +617,8 @@ print("VERIFY " + json.dumps({"file": bpkernels._C.__file__, "ops": len(names),
         elif rc != 0 or len(rows) != epochs:
             self.finish(name, "fail", t, f"exit {rc}, {len(rows)} of {epochs} epochs logged", cmd, details, limit)
         elif not self.gpu:
-            self.finish(name, "rehearsed", t, "no CUDA device: 1 epoch on the CPU, 1280-image subset", cmd, details, limit)
+            self.finish(name, "rehearsed", t, "no CUDA device: 1 epoch on the CPU, 1280-image subset", cmd, details,
+                        limit)
         elif not rows[-1]["test_error"] < 0.5:
             self.finish(name, "fail", t, f"test error {rows[-1]['test_error']:.3f} after {epochs} epochs: not learning",
                         cmd, details, limit)
@@ -633,10 +653,12 @@ print("VERIFY " + json.dumps({"file": bpkernels._C.__file__, "ops": len(names),
         pats = ["test_packed.py"] if name == "packed" else ["test_dist*.py", "test_ddp*.py"]
         files = sorted({str(p.relative_to(ROOT)) for pat in pats for p in (ROOT / "python_tests").glob(pat)})
         if not files:
-            self.finish(name, "skip", t, f"optional: no python_tests/{' or '.join(pats)} in this checkout", None, {}, limit)
+            self.finish(name, "skip", t, f"optional: no python_tests/{' or '.join(pats)} in this checkout", None, {},
+                        limit)
             return
         if not self.gpu:
-            self.finish(name, "skip", t, f"optional: no CUDA device for {files} (CI runs them on the CPU)", None, {}, limit)
+            self.finish(name, "skip", t, f"optional: no CUDA device for {files} (CI runs them on the CPU)", None, {},
+                        limit)
             return
         junit = self.out / f"junit_{name}.xml"
         cmd = [self.py, "-m", "pytest", *files, "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={junit}"]
@@ -742,7 +764,8 @@ print("VERIFY " + json.dumps({"file": bpkernels._C.__file__, "ops": len(names),
                  "| stage | status | seconds | limit | reason |", "|---|---|---|---|---|"]
         for s in stages:
             reason = (s["reason"] or "").replace("|", "/")
-            lines.append(f"| {s['name']} | {s['status']} | {s['seconds']} | {s['limit_s'] and round(s['limit_s'])} | {reason} |")
+            limit = s["limit_s"] and round(s["limit_s"])
+            lines.append(f"| {s['name']} | {s['status']} | {s['seconds']} | {limit} | {reason} |")
         if final:
             lines += ["", "targets: `" + json.dumps(summary["targets"], default=str) + "`"]
         (self.out / "summary.md").write_text("\n".join(lines) + "\n")
