@@ -44,22 +44,35 @@ def load_data(args) -> datasets.Dataset:
                                     seed=args.seed, dtype=dtype)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "teacher"],
                    help="real Fashion-MNIST, or data from a random binary teacher 784-101-out")
     p.add_argument("--task", default="10class", choices=list(datasets.TASKS))
     p.add_argument("--data-dir", default=None,
                    help="folder of the Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--subset", type=int, default=None, help="use this many training examples")
-    p.add_argument("--test-subset", type=int, default=None, help="use this many test examples")
+    p.add_argument("--subset", type=positive_int, default=None, help="use this many training examples")
+    p.add_argument("--test-subset", type=positive_int, default=None, help="use this many test examples")
     p.add_argument("--hidden", type=int, nargs="*", default=[501, 501], help="hidden layer sizes")
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=positive_int, default=100)
     p.add_argument("--batch-size", type=int, default=128, help="mini-batch size; 0 = full batch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a run folder that holds one (its checkpoint is replaced)")
 
 
 def add_mp_options(p: argparse.ArgumentParser) -> None:
@@ -107,7 +120,8 @@ def run_message_passing(args, data, device, run_dir):
     return fit(model, data, epochs=args.epochs, batch_size=args.batch_size or None,
                tau_max=args.tau_max, r_step=args.r_step, seed=args.seed, run_dir=run_dir,
                config={k: v for k, v in vars(args).items() if k != "func"}, resume=getattr(args, "resume", False),
-               progress=not args.no_progress, eval_bayes=not args.no_bayes, method=args.algo)
+               progress=not args.no_progress, eval_bayes=not args.no_bayes, method=args.algo,
+               overwrite=args.overwrite)
 
 
 def run_method(method: str, args, data, device, run_dir):
@@ -123,6 +137,7 @@ def run_method(method: str, args, data, device, run_dir):
                           batch_size=args.batch_size or 128, seed=args.seed, device=device,
                           run_dir=run_dir, progress=not args.no_progress,
                           resume=getattr(args, "resume", False), preset=args.preset,
+                          overwrite=args.overwrite,
                           **parse_options(args.opt))
 
 
@@ -240,7 +255,7 @@ def cmd_continual(args) -> int:
         results[method] = continual.train_continual(
             trainer, tasks, args.epochs_per_task, args.batch_size, seed=args.seed,
             run_dir=os.path.join(out_dir, method), resume=args.resume,
-            progress=not args.no_progress)
+            progress=not args.no_progress, overwrite=args.overwrite)
     if is_main_process():
         continual.write_report(results, args.tasks, out_dir)
         print(open(os.path.join(out_dir, "summary.md")).read())

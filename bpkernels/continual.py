@@ -48,14 +48,15 @@ def task_errors(trainer, tasks: list[Dataset]) -> list[float]:
 
 def train_continual(trainer, tasks: list[Dataset], epochs_per_task: int, batch_size: int = 128,
                     seed: int = 0, run_dir: str | None = None, resume: bool = False,
-                    progress: bool = True) -> list[dict]:
+                    progress: bool = True, overwrite: bool = False) -> list[dict]:
     """Trains ``trainer`` on the tasks in order, ``epochs_per_task`` epochs each, and returns
     one row per epoch: the row of :func:`bpkernels.fit` plus ``task`` (0-based), ``task_epoch``
     and ``task_accuracy`` (the test accuracy on every task, seen or not yet seen).
 
     The shuffles of task t are those of ``fit`` with seed ``seed + t``, the same for every
     method. With ``run_dir``, task t writes ``run_dir/task-<t>/`` (a run folder of ``fit``);
-    ``resume`` continues from the last checkpoint written, at any epoch of any task."""
+    ``resume`` continues from the last checkpoint written, at any epoch of any task;
+    ``overwrite`` replaces the runs a run_dir holds."""
     tasks = [trainer.prepare(task) for task in tasks]
     rows: list[dict] = []
     for t, task in enumerate(tasks):
@@ -76,7 +77,8 @@ def train_continual(trainer, tasks: list[Dataset], epochs_per_task: int, batch_s
 
         task_rows = fit(trainer, task, epochs_per_task, batch_size, seed=seed + t,
                         run_dir=task_dir, config={"task": t, "epochs_per_task": epochs_per_task},
-                        resume=done > 0, progress=progress, extra_eval=on_epoch)
+                        resume=done > 0, progress=progress, extra_eval=on_epoch,
+                        overwrite=overwrite)
         rows += task_rows
     for i, row in enumerate(rows):
         row["task_epoch"] = i % epochs_per_task + 1

@@ -95,8 +95,8 @@ class BPConv2d(BPLayer):
                  r: float = 0.0, init_std: float = 1.0, density: float | None = None,
                  generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
                  device=None, input_size: int | Sequence[int] | None = None, prior: str = "pasp"):
-        if not (isinstance(in_channels, int) and isinstance(out_channels, int)
-                and in_channels >= 1 and out_channels >= 1):
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1
+                   for c in (in_channels, out_channels)):
             raise ValueError(f"channels must be positive ints, got {in_channels!r} -> {out_channels!r}")
         kernel_size, stride = _pair(kernel_size, "kernel_size", 1), _pair(stride, "stride", 1)
         padding = _pair(padding, "padding", 0)

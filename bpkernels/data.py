@@ -113,11 +113,16 @@ def read_idx(path: str) -> np.ndarray:
     """Reads one IDX file (gzip or plain): big-endian magic 0x0000080D, D = byte 3, then D
     big-endian uint32 sizes, then uint8 data."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, OSError) as exc:  # a cut or damaged gzip stream
+        raise ValueError(f"{path} is truncated or corrupt ({exc}); reinstall the dataset") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path} is not an IDX file of unsigned bytes")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is truncated: its header promises {ndim} sizes")
     dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(np.int64)
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(dims)):
@@ -162,8 +167,16 @@ def load_fashion_mnist(root: str | None = None, task: str = "10class",
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    for name, value in (("subset", subset), ("test_subset", test_subset)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive number of examples (None: all), got {value!r}")
     paths = find_fashion_mnist(root)
     arrays = {key: read_idx(path) for key, path in paths.items()}
+    for part in ("train", "test"):
+        n_x, n_y = len(arrays[f"{part}_x"]), len(arrays[f"{part}_y"])
+        if n_x != n_y:
+            raise ValueError(f"{paths[part + '_x']} holds {n_x} images but {paths[part + '_y']} "
+                             f"{n_y} labels")
     train_x = torch.from_numpy(arrays["train_x"].reshape(len(arrays["train_x"]), -1).astype(np.float64))
     test_x = torch.from_numpy(arrays["test_x"].reshape(len(arrays["test_x"]), -1).astype(np.float64))
     train_y = torch.from_numpy(arrays["train_y"].astype(np.int64))

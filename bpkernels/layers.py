@@ -65,6 +65,27 @@ def layer_from_config(spec: dict, **factory) -> nn.Module:
     return LAYER_KINDS[kind](**spec, **factory)
 
 
+def check_hyper(name: str, value, low: float, high: float, text: str, include_low: bool = True,
+                include_high: bool = True) -> float:
+    """value as a float, checked to be a finite number in the range ``text``."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number in {text}, got {value!r}") from None
+    inside = ((value >= low if include_low else value > low)
+              and (value <= high if include_high else value < high))
+    if not (math.isfinite(value) and inside):
+        raise ValueError(f"{name} must be a finite number in {text}, got {value}")
+    return value
+
+
+def check_size(name: str, value) -> int:
+    """A layer size: a positive int."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return value
+
+
 def _matrix(t: Tensor | None) -> Tensor | None:
     """The [K, N] view of a weight-shaped tensor (shares its storage)."""
     return None if t is None else t.view(t.shape[0], -1)
@@ -88,14 +109,17 @@ class BPLayer(nn.Module):
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
-        if density is not None and not 0.0 < density <= 1.0:
-            raise ValueError(f"density must be in (0, 1], got {density}")
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
         self.algorithm = lookup(algo, output)
         self.algo, self.output = algo, output
-        self.rho = (RHO_OUTPUT if output else RHO_HIDDEN) if rho is None else float(rho)
-        self.psi, self.r, self.init_std, self.density = float(psi), float(r), float(init_std), density
+        rho = (RHO_OUTPUT if output else RHO_HIDDEN) if rho is None else rho
+        self.rho = check_hyper("rho", rho, 0.0, math.inf, "[0, inf)")
+        self.psi = check_hyper("psi", psi, 0.0, 1.0, "[0, 1]")
+        self.r = check_hyper("r", r, 0.0, 1.0, "[0, 1)", include_high=False)
+        self.init_std = check_hyper("init_std", init_std, 0.0, math.inf, "[0, inf)")
+        self.density = None if density is None else check_hyper(
+            "density", density, 0.0, 1.0, "(0, 1]", include_low=False)
 
         field = init_std * torch.randn(weight_shape, generator=generator, dtype=torch.float64)
         mask = None
@@ -120,6 +144,8 @@ class BPLayer(nn.Module):
             raise ValueError(f"field must have shape {list(self.field.shape)}, got {list(field.shape)}")
         if mag is not None and torch.as_tensor(mag).shape != self.field.shape:
             raise ValueError(f"mag must have shape {list(self.field.shape)}, got {list(mag.shape)}")
+        if not torch.isfinite(field).all():
+            raise ValueError("field must be finite (an infinite field gives NaN updates)")
         mag = torch.tanh(field) if mag is None else torch.as_tensor(mag)
         if not (torch.isfinite(mag).all() and (mag.abs() <= 1).all()):
             raise ValueError("mag must be finite and lie in [-1, 1]")
@@ -148,7 +174,25 @@ class BPLayer(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # σ was a buffer in checkpoints before version 0.2; it is derived from m now.
         state_dict.pop(prefix + "sigma", None)
+        has_mask = prefix + "mask" in state_dict
+        if has_mask != (self.mask is not None):
+            raise ValueError(
+                f"{prefix or 'layer'}: the state {'has' if has_mask else 'has no'} mask but the "
+                f"layer {'has none' if has_mask else 'is masked'}: build the layer with the "
+                "density of the saved one (masked weights must stay masked)")
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.check_state(prefix)
+
+    def check_state(self, name: str = "") -> None:
+        """Raises unless the marginals are consistent: H finite, m in [-1, 1], m = 0 where
+        masked."""
+        name = name or type(self).__name__
+        if not torch.isfinite(self.field).all():
+            raise ValueError(f"{name}: the field holds NaN or infinite values")
+        if not (torch.isfinite(self.mag).all() and (self.mag.abs() <= 1).all()):
+            raise ValueError(f"{name}: the magnetisations must be finite and lie in [-1, 1]")
+        if self.mask is not None and (self.mag[self.mask == 0] != 0).any():
+            raise ValueError(f"{name}: masked weights have non-zero magnetisations")
 
     # ---- description ---------------------------------------------------------------------
 
@@ -277,6 +321,8 @@ class BPLinear(BPLayer):
                  r: float = 0.0, init_std: float = 1.0, density: float | None = None,
                  generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
                  device=None, prior: str = "pasp"):
+        check_size("in_features", in_features)
+        check_size("out_features", out_features)
         if output == "sign" and out_features != 1:
             raise ValueError(f"a 'sign' output layer has one unit, got out_features={out_features}")
         super().__init__((out_features, in_features), algo, output, rho, psi, r, init_std, density,

@@ -17,6 +17,7 @@ layer's backward reads only its own weights and the b of the layer above.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -153,16 +154,30 @@ class BPSequential(nn.Module):
         return y.to(self.dtype).unsqueeze(1).contiguous()
 
     def check_inputs(self, x: Tensor) -> Tensor:
-        """x in the model's shape, device and dtype, checked to be finite."""
-        x = self._shape_x(x)
-        if not torch.isfinite(x).all():
+        """x in the model's shape, device and dtype, checked to be finite and small enough
+        that the moments Σ_i σ x_i² of the first layer cannot overflow in the model's dtype."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"inputs must be a tensor, got {type(x).__name__}")
+        if x.is_floating_point() and not torch.isfinite(x).all():
             raise ValueError("the input contains NaN or infinite values")
-        return x
+        shaped = self._shape_x(x)
+        if not torch.isfinite(shaped).all():
+            raise ValueError(f"the input has values beyond the range of {self.dtype} (largest "
+                             f"|x| = {float(x.abs().max()):.3g}): normalise the inputs")
+        fan_in = int(torch.Size(shaped.shape[1:]).numel()) if len(shaped.shape) > 1 else 1
+        limit = math.sqrt(torch.finfo(self.dtype).max / fan_in) / 4
+        largest = float(shaped.abs().max())
+        if largest > limit:
+            raise ValueError(f"the input has values up to {largest:.3g}: above {limit:.3g}, the "
+                             f"preactivation variances overflow {self.dtype}; normalise the inputs")
+        return shaped
 
     def check_labels(self, y: Tensor, batch: int) -> Tensor:
         """y checked against the output layer (shape [batch], integer classes in range, or ±1)
         and converted as :meth:`_labels` does."""
         last = self.bp_layers[-1]
+        if not isinstance(y, Tensor):
+            raise TypeError(f"labels must be a tensor, got {type(y).__name__}")
         if y.shape != (batch,):
             raise ValueError(f"labels must have shape [{batch}], got {list(y.shape)}")
         if last.output == "argmax":
@@ -254,6 +269,8 @@ class BPSequential(nn.Module):
         """
         if mode not in ("pointwise", "bayes"):
             raise ValueError(f"mode must be 'pointwise' or 'bayes', got {mode!r}")
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"chunk must be a positive int, got {chunk!r}")
         x = self.check_inputs(x)
         out = [self._predict_chunk(x[i:i + chunk], mode) for i in range(0, x.shape[0], chunk)]
         return torch.cat(out)
@@ -277,6 +294,7 @@ class BPSequential(nn.Module):
 
     @torch.no_grad()
     def error(self, x: Tensor, y: Tensor, mode: str = "pointwise") -> float:
-        """Fraction of misclassified samples."""
+        """Fraction of misclassified samples; y as :meth:`bp_step` takes it ([B] classes or ±1)."""
         pred = self.predict(x, mode)
-        return float((pred != y.to(pred.device, pred.dtype)).double().mean())
+        y = self.check_labels(y, pred.shape[0])
+        return float((pred != y.reshape(-1).to(pred.dtype)).double().mean())

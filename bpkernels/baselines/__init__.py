@@ -51,7 +51,7 @@ def train_baseline(method: str, data: Dataset, hidden: list[int] | None, epochs:
                    batch_size: int = 128, seed: int = 0, device="cpu", run_dir: str | None = None,
                    progress: bool = True, resume: bool = False, preset: str | None = None,
                    arch: str | None = None, input_shape: tuple[int, ...] = (1, 28, 28),
-                   **method_options_) -> list[dict]:
+                   overwrite: bool = False, **method_options_) -> list[dict]:
     """Trains one gradient baseline on ``data`` and returns one metrics row per epoch.
 
     Args:
@@ -86,7 +86,7 @@ def train_baseline(method: str, data: Dataset, hidden: list[int] | None, epochs:
                   batch_size=batch_size, seed=seed, dataset=data.name, n_train=n_train,
                   device=str(trainer.device), dtype=str(data.train_x.dtype), torch=str(torch.__version__))
     return fit(trainer, data, epochs, batch_size, seed=seed, run_dir=run_dir, config=config,
-               resume=resume, progress=progress)
+               resume=resume, progress=progress, overwrite=overwrite)
 
 
 def mlp_sizes(data: Dataset, hidden: list[int]) -> list[int]:
