@@ -279,6 +279,10 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
     start_epoch = 0
     if resume:
         state = load_checkpoint(os.path.join(run_dir, CHECKPOINT), map_location=device)
+        saved_world = (state.get("config") or {}).get("world_size", 1)
+        if saved_world != world_size:
+            raise ValueError(f"{run_dir} was trained with {saved_world} data-parallel "
+                             f"process(es); resume it with the same number, not {world_size}")
         check_resume_config(state.get("config") or {}, config, run_dir)
         trainer.load_state_dict(state["trainer"])
         start_epoch = state["epoch"]
