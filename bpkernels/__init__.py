@@ -11,9 +11,11 @@ from . import _ops  # noqa: F401  (fake kernels)
 from . import data, ops, reference
 from .conv import BPConv2d, build_arch
 from .nn import BPLinear, BPSequential, mlp
+from .packed import export, load_packed
 from .train import evaluate, fit, load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["BPConv2d", "BPLinear", "BPSequential", "build_arch", "mlp", "fit", "evaluate", "load_model", "data", "ops",
+__all__ = ["BPConv2d", "BPLinear", "BPSequential", "build_arch", "mlp", "fit", "evaluate", "load_model", "export",
+           "load_packed", "data", "ops",
            "reference", "__version__"]
