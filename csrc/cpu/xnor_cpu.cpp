@@ -12,6 +12,7 @@
 // GCC 12's AVX-512 shuffles start from _mm512_undefined_*(), which -Wuninitialized flags
 // (GCC bug 105593, fixed in GCC 13).
 #pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #define BPK_XNOR_X86 1
 #endif
@@ -19,6 +20,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "bpkernels/xnor.h"
 #include "cpu/isa.h"
@@ -227,6 +230,102 @@ BPK_TARGET_AVX512 void block_avx512(const GemmParams& p, int64_t r0, int64_t r1,
   }
 }
 
+// Unit panels for many rows: w re-laid as [⌈K/8⌉, W, 8] (8 units' word j side by side, missing
+// units 0), so that one vector holds one word of 8 units and the 8 sums build up in the lanes
+// without a reduction. A tile is kRT rows × 2 panels (16 units); x words are broadcast.
+constexpr int64_t kPanelMinRows = 8;
+
+BPK_TARGET_AVX512 void make_panels(const uint64_t* w, int64_t K, int64_t W, uint64_t* out) {
+  for (int64_t kb = 0; kb < (K + 7) / 8; ++kb) {
+    for (int64_t j = 0; j < W; ++j) {
+      for (int64_t t = 0; t < 8; ++t) {
+        const int64_t k = kb * 8 + t;
+        out[(kb * W + j) * 8 + t] = k < K ? w[k * W + j] : 0;
+      }
+    }
+  }
+}
+
+template <bool kXV, bool kWN, int kRT>
+BPK_TARGET_AVX512 void panel_tile_avx512(const GemmParams& p, const uint64_t* wp, const uint64_t* np,
+                                         int64_t r0, int64_t kb0, int n_panels) {
+  constexpr int kKT = 2;
+  __m512i mism[kRT][kKT], cnt[kRT][kKT];
+  for (int i = 0; i < kRT; ++i) {
+    for (int t = 0; t < kKT; ++t) mism[i][t] = cnt[i][t] = _mm512_setzero_si512();
+  }
+  const uint64_t* panel[kKT];
+  const uint64_t* npanel[kKT];
+  for (int t = 0; t < kKT; ++t) {
+    const int64_t kb = kb0 + (t < n_panels ? t : 0);
+    panel[t] = wp + kb * p.W * 8;
+    npanel[t] = kWN ? np + kb * p.W * 8 : nullptr;
+  }
+  for (int64_t j = 0; j < p.W; ++j) {
+    __m512i wv[kKT], nv[kKT];
+    for (int t = 0; t < kKT; ++t) {
+      wv[t] = _mm512_loadu_si512(panel[t] + j * 8);
+      if constexpr (kWN) nv[t] = _mm512_loadu_si512(npanel[t] + j * 8);
+    }
+    for (int i = 0; i < kRT; ++i) {
+      const __m512i xv = _mm512_set1_epi64(int64_t(p.x[(r0 + i) * p.W + j]));
+      __m512i vv = _mm512_setzero_si512();
+      if constexpr (kXV) vv = _mm512_set1_epi64(int64_t(p.xv[((r0 + i) % p.P) * p.W + j]));
+      for (int t = 0; t < kKT; ++t) {
+        __m512i d = _mm512_xor_si512(xv, wv[t]);
+        if constexpr (kXV && kWN) {
+          const __m512i care = _mm512_and_si512(vv, nv[t]);
+          d = _mm512_and_si512(d, care);
+          cnt[i][t] = _mm512_add_epi64(cnt[i][t], _mm512_popcnt_epi64(care));
+        } else if constexpr (kXV) {
+          d = _mm512_and_si512(d, vv);
+        } else if constexpr (kWN) {
+          d = _mm512_and_si512(d, nv[t]);
+        }
+        mism[i][t] = _mm512_add_epi64(mism[i][t], _mm512_popcnt_epi64(d));
+      }
+    }
+  }
+  for (int t = 0; t < n_panels; ++t) {
+    const int64_t k0 = (kb0 + t) * 8;
+    const int nk = int(std::min<int64_t>(8, p.K - k0));
+    const __mmask8 store = __mmask8((1u << nk) - 1);
+    for (int i = 0; i < kRT; ++i) {
+      const int64_t r = r0 + i;
+      __m512i count;
+      if constexpr (kXV && kWN) {
+        count = cnt[i][t];
+      } else if constexpr (kXV) {
+        count = _mm512_set1_epi64(p.count_r[r % p.P]);
+      } else if constexpr (kWN) {
+        count = _mm512_maskz_loadu_epi64(store, p.count_k + k0);
+      } else {
+        count = _mm512_set1_epi64(p.n);
+      }
+      const __m512i z = _mm512_sub_epi64(count, _mm512_slli_epi64(mism[i][t], 1));
+      _mm256_mask_storeu_epi32(p.z + r * p.K + k0, store, _mm512_cvtepi64_epi32(z));
+    }
+  }
+}
+
+template <bool kXV, bool kWN>
+BPK_TARGET_AVX512 void panel_block_avx512(const GemmParams& p, const uint64_t* wp, const uint64_t* np,
+                                          int64_t r0, int64_t r1, int64_t k0, int64_t k1) {
+  constexpr int kRT = (kXV && kWN) ? 2 : 4;
+  const int64_t kb_end = (k1 + 7) / 8;
+  int64_t r = r0;
+  for (; r + kRT <= r1; r += kRT) {
+    for (int64_t kb = k0 / 8; kb < kb_end; kb += 2) {
+      panel_tile_avx512<kXV, kWN, kRT>(p, wp, np, r, kb, int(std::min<int64_t>(2, kb_end - kb)));
+    }
+  }
+  for (; r < r1; ++r) {
+    for (int64_t kb = k0 / 8; kb < kb_end; kb += 2) {
+      panel_tile_avx512<kXV, kWN, 1>(p, wp, np, r, kb, int(std::min<int64_t>(2, kb_end - kb)));
+    }
+  }
+}
+
 // Per-byte popcount by two 4-bit table lookups, summed into the four 64-bit lanes (vpsadbw).
 BPK_TARGET_AVX2 inline __m256i popcnt_avx2(__m256i v) {
   const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1,
@@ -320,11 +419,28 @@ template <bool kXV, bool kWN>
 void gemm_blocks(const GemmParams& p, XnorIsa isa) {
   const int64_t n_rb = (p.R + kRowBlock - 1) / kRowBlock;
   const int64_t n_kb = (p.K + kUnitBlock - 1) / kUnitBlock;
+#ifdef BPK_XNOR_X86
+  // AVX-512 on many rows: the unit-panel kernel (kUnitBlock is a multiple of 16 units).
+  std::vector<uint64_t> panels, nz_panels;
+  const bool use_panels = isa == XnorIsa::kAvx512 && p.R >= kPanelMinRows;
+  if (use_panels) {
+    panels.resize((p.K + 7) / 8 * 8 * p.W);
+    make_panels(p.w, p.K, p.W, panels.data());
+    if (kWN) {
+      nz_panels.resize(panels.size());
+      make_panels(p.wn, p.K, p.W, nz_panels.data());
+    }
+  }
+#endif
   at::parallel_for(0, n_rb * n_kb, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t r0 = (task / n_kb) * kRowBlock, k0 = (task % n_kb) * kUnitBlock;
       const int64_t r1 = std::min(p.R, r0 + kRowBlock), k1 = std::min(p.K, k0 + kUnitBlock);
 #ifdef BPK_XNOR_X86
+      if (use_panels) {
+        panel_block_avx512<kXV, kWN>(p, panels.data(), nz_panels.data(), r0, r1, k0, k1);
+        continue;
+      }
       if (isa == XnorIsa::kAvx512) {
         block_avx512<kXV, kWN>(p, r0, r1, k0, k1);
         continue;
@@ -412,6 +528,42 @@ at::Tensor xnor_gemm_cpu(const at::Tensor& x, const at::Tensor& w,
 
 // ---- sign bits with im2col --------------------------------------------------------------------
 
+// The sign bits of len <= 64 contiguous values (bit c from src[c]).
+template <typename T>
+BPK_ALWAYS_INLINE uint64_t pack_run_scalar(const T* src, int64_t len) {
+  uint64_t word = 0;
+  for (int64_t c = 0; c < len; ++c) word |= uint64_t(xnor::sign_bit<T>(src[c])) << c;
+  return word;
+}
+
+#ifdef BPK_XNOR_X86
+// The same with AVX-512 compares into bit masks (16 floats / int32 or 8 doubles per compare).
+template <typename T>
+BPK_TARGET_AVX512 uint64_t pack_run_avx512(const T* src, int64_t len) {
+  constexpr int kLanes = 64 / sizeof(T);
+  uint64_t word = 0;
+  for (int64_t c = 0; c < len; c += kLanes) {
+    const int rem = int(std::min<int64_t>(kLanes, len - c));
+    uint64_t bits;
+    if constexpr (std::is_same_v<T, float>) {
+      const __mmask16 m = __mmask16((1u << rem) - 1);
+      const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, src + c), _mm512_set1_ps(1e-10f));
+      bits = _mm512_mask_cmp_ps_mask(m, v, _mm512_setzero_ps(), _CMP_GT_OQ);
+    } else if constexpr (std::is_same_v<T, double>) {
+      const __mmask8 m = __mmask8((1u << rem) - 1);
+      const __m512d v = _mm512_add_pd(_mm512_maskz_loadu_pd(m, src + c), _mm512_set1_pd(1e-10));
+      bits = _mm512_mask_cmp_pd_mask(m, v, _mm512_setzero_pd(), _CMP_GT_OQ);
+    } else {
+      const __mmask16 m = __mmask16((1u << rem) - 1);
+      const __m512i v = _mm512_maskz_loadu_epi32(m, src + c);
+      bits = _mm512_mask_cmpge_epi32_mask(m, v, _mm512_setzero_si512());
+    }
+    word |= bits << c;
+  }
+  return word;
+}
+#endif
+
 // pix[b, y, x, q]: the sign bits (xnor::sign_bit) of z[b, y, x, 64q .. 64q + 63].
 template <typename T>
 void pack_pixels(const at::Tensor& z, uint64_t* pix, int64_t Wc) {
@@ -419,29 +571,45 @@ void pack_pixels(const at::Tensor& z, uint64_t* pix, int64_t Wc) {
   const int64_t sb = z.stride(0), sy = z.stride(1), sx = z.stride(2), sc = z.stride(3);
   const T* base = z.const_data_ptr<T>();
   if (sc == 1) {  // channels contiguous: one word from up to 64 neighbouring values
+    const bool avx512 = xnor_isa() == XnorIsa::kAvx512;
     at::parallel_for(0, B * H * Wd, 256, [&](int64_t begin, int64_t end) {
       for (int64_t q = begin; q < end; ++q) {
         const int64_t b = q / (H * Wd), y = (q / Wd) % H, x = q % Wd;
         const T* src = base + b * sb + y * sy + x * sx;
         for (int64_t c0 = 0; c0 < C; c0 += 64) {
           const int64_t len = std::min<int64_t>(64, C - c0);
-          uint64_t word = 0;
-          for (int64_t c = 0; c < len; ++c) word |= uint64_t(xnor::sign_bit<T>(src[c0 + c])) << c;
-          pix[q * Wc + (c0 >> 6)] = word;
+#ifdef BPK_XNOR_X86
+          if (avx512) {
+            pix[q * Wc + (c0 >> 6)] = pack_run_avx512<T>(src + c0, len);
+            continue;
+          }
+#endif
+          pix[q * Wc + (c0 >> 6)] = pack_run_scalar<T>(src + c0, len);
         }
       }
     });
-  } else {  // e.g. an NCHW tensor seen as NHWC: one channel plane at a time, per image row
+  } else {  // e.g. an NCHW tensor seen as NHWC: one image row at a time, transposed to
+            // [W, C] in a buffer and packed as above
+    const bool avx512 = xnor_isa() == XnorIsa::kAvx512;
     at::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
+      std::vector<T> buf(Wd * C);
       for (int64_t row = begin; row < end; ++row) {
         const int64_t b = row / H, y = row % H;
-        uint64_t* dst = pix + row * Wd * Wc;
-        std::memset(dst, 0, sizeof(uint64_t) * Wd * Wc);
         for (int64_t c = 0; c < C; ++c) {
           const T* src = base + b * sb + y * sy + c * sc;
-          const int64_t word = c >> 6, shift = c & 63;
-          for (int64_t x = 0; x < Wd; ++x) {
-            dst[x * Wc + word] |= uint64_t(xnor::sign_bit<T>(src[x * sx])) << shift;
+          for (int64_t x = 0; x < Wd; ++x) buf[x * C + c] = src[x * sx];
+        }
+        for (int64_t x = 0; x < Wd; ++x) {
+          for (int64_t c0 = 0; c0 < C; c0 += 64) {
+            const int64_t len = std::min<int64_t>(64, C - c0);
+            uint64_t* dst = pix + (row * Wd + x) * Wc + (c0 >> 6);
+#ifdef BPK_XNOR_X86
+            if (avx512) {
+              *dst = pack_run_avx512<T>(buf.data() + x * C + c0, len);
+              continue;
+            }
+#endif
+            *dst = pack_run_scalar<T>(buf.data() + x * C + c0, len);
           }
         }
       }
