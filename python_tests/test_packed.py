@@ -310,3 +310,28 @@ def test_cli_export_and_predict(tmp_path, capsys):
         cli.main(["predict", str(out), "--task", "evenodd"])
     with pytest.raises(SystemExit, match="bad magic"):
         cli.main(["predict", str(run / "checkpoint.pt")])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("planes", ["none", "valid", "nonzero", "both"])
+def test_cuda_kernels_match_cpu(planes):
+    gen = torch.Generator().manual_seed(7)
+    x, w = random_words(66, 1000, gen), random_words(70, 1000, gen)
+    valid = random_words(33, 1000, gen) if planes in ("valid", "both") else None
+    nonzero = random_words(70, 1000, gen) if planes in ("nonzero", "both") else None
+    cuda = [None if t is None else t.cuda() for t in (x, w, valid, nonzero)]
+    assert torch.equal(ops.xnor_gemm(*cuda, 1000).cpu(), ops.xnor_gemm(x, w, valid, nonzero, 1000))
+    for dtype in (torch.float32, torch.float64, torch.int32):
+        z = torch.randint(-3, 4, (3, 9, 8, 70), generator=gen).to(dtype).permute(0, 2, 1, 3)
+        got = ops.xnor_im2col(z.cuda(), (3, 2), (2, 1), (1, 1))
+        want = ops.xnor_im2col(z, (3, 2), (2, 1), (1, 1))
+        assert all(torch.equal(g.cpu(), e) for g, e in zip(got, want))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_packed_net(tmp_path):
+    model = build_arch("conv8k3s2p1-conv16k3s2p1-dense32-dense10", seed=0, density=0.8)
+    x = torch.randn(20, 1, 28, 28)
+    path = tmp_path / "net.bpk"
+    export(model, path)
+    assert torch.equal(load_packed(path, device="cuda")(x.cuda()).cpu(), model(x))
