@@ -69,7 +69,7 @@ def test_gemm_equals_float_matmul_of_signs():
     ((2, 7, 7, 64), (7, 7), (1, 1), (0, 0)),
     ((1, 4, 4, 5), (5, 5), (2, 2), (2, 2)),
 ])
-def test_im2col_matches_twin(dtype, shape, kernel, stride, padding):
+def test_im2col_matches_twin(isa, dtype, shape, kernel, stride, padding):
     gen = torch.Generator().manual_seed(sum(shape))
     z = torch.randint(-3, 4, shape, generator=gen).to(dtype)  # zeros: the tie rule
     for view in (z, z.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)):  # NHWC / NCHW
