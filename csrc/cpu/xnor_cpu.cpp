@@ -689,7 +689,7 @@ std::tuple<at::Tensor, at::Tensor> xnor_im2col_cpu(const at::Tensor& z, at::IntA
   const int64_t P = OH * OW, bits_per_row = kh * kw * C, Wr = (bits_per_row + 63) / 64;
   const int64_t Wc = (C + 63) / 64;
   const auto words = z.options().dtype(at::kLong);
-  at::Tensor bits = at::zeros({B * P, Wr}, words), valid = at::zeros({P, Wr}, words);
+  at::Tensor valid = at::zeros({P, Wr}, words);
   // The validity plane: 1 where the tap lies inside the image.
   uint64_t* pv = reinterpret_cast<uint64_t*>(valid.mutable_data_ptr<int64_t>());
   std::vector<uint64_t> ones(Wc, ~uint64_t(0));
@@ -706,7 +706,7 @@ std::tuple<at::Tensor, at::Tensor> xnor_im2col_cpu(const at::Tensor& z, at::IntA
       }
     }
   }
-  if (B == 0) return {bits, valid};
+  if (B == 0) return {at::empty({0, Wr}, words), valid};
   at::Tensor pix = at::empty({B, H, Wd, Wc}, words);
   uint64_t* pp = reinterpret_cast<uint64_t*>(pix.mutable_data_ptr<int64_t>());
   AT_DISPATCH_SWITCH(z.scalar_type(), "xnor_im2col",
@@ -716,6 +716,7 @@ std::tuple<at::Tensor, at::Tensor> xnor_im2col_cpu(const at::Tensor& z, at::IntA
   if (kh == 1 && kw == 1 && H == 1 && Wd == 1 && ph == 0 && pw == 0) {
     return {pix.view({B, Wc}), valid};  // a dense layer: the rows are the packed vectors
   }
+  at::Tensor bits = at::zeros({B * P, Wr}, words);
   uint64_t* pb = reinterpret_cast<uint64_t*>(bits.mutable_data_ptr<int64_t>());
   // bits[(b, oy, ox), t]: tap (i, j), channel c at t = (i·kw + j)·C + c.
   at::parallel_for(0, B * P, 64, [&](int64_t begin, int64_t end) {
