@@ -563,38 +563,41 @@ BPK_TARGET_AVX512 uint64_t pack_run_avx512(const T* src, int64_t len) {
   return word;
 }
 
-// The sign bits of len <= 64 values src[c·stride] (bit c), by 32-bit-index gathers
-// (0 < stride, 63·stride < 2³¹).
+// Sign bits of up to 8 contiguous values (the lanes of `lanes`), as one byte.
 template <typename T>
-BPK_TARGET_AVX512 uint64_t pack_strided_avx512(const T* src, int64_t stride, int64_t len) {
-  constexpr int kLanes = 64 / sizeof(T);
-  const __m512i lane = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11,
-                                                            12, 13, 14, 15),
-                                          _mm512_set1_epi32(int32_t(stride)));
-  uint64_t word = 0;
-  for (int64_t c = 0; c < len; c += kLanes) {
-    const int rem = int(std::min<int64_t>(kLanes, len - c));
-    const T* at = src + c * stride;
-    uint64_t bits;
-    if constexpr (std::is_same_v<T, float>) {
-      const __mmask16 m = __mmask16((1u << rem) - 1);
-      const __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, lane, at, 4);
-      bits = _mm512_mask_cmp_ps_mask(m, _mm512_add_ps(g, _mm512_set1_ps(1e-10f)),
-                                     _mm512_setzero_ps(), _CMP_GT_OQ);
-    } else if constexpr (std::is_same_v<T, double>) {
-      const __mmask8 m = __mmask8((1u << rem) - 1);
-      const __m512d g = _mm512_mask_i32gather_pd(_mm512_setzero_pd(), m,
-                                                 _mm512_castsi512_si256(lane), at, 8);
-      bits = _mm512_mask_cmp_pd_mask(m, _mm512_add_pd(g, _mm512_set1_pd(1e-10)),
-                                     _mm512_setzero_pd(), _CMP_GT_OQ);
-    } else {
-      const __mmask16 m = __mmask16((1u << rem) - 1);
-      const __m512i g = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, lane, at, 4);
-      bits = _mm512_mask_cmpge_epi32_mask(m, g, _mm512_setzero_si512());
-    }
-    word |= bits << c;
+BPK_TARGET_AVX512 inline uint8_t sign_byte_avx512(const T* src, __mmask8 lanes) {
+  if constexpr (std::is_same_v<T, float>) {
+    const __m256 v = _mm256_add_ps(_mm256_maskz_loadu_ps(lanes, src), _mm256_set1_ps(1e-10f));
+    return _mm256_mask_cmp_ps_mask(lanes, v, _mm256_setzero_ps(), _CMP_GT_OQ);
+  } else if constexpr (std::is_same_v<T, double>) {
+    const __m512d v = _mm512_add_pd(_mm512_maskz_loadu_pd(lanes, src), _mm512_set1_pd(1e-10));
+    return _mm512_mask_cmp_pd_mask(lanes, v, _mm512_setzero_pd(), _CMP_GT_OQ);
+  } else {
+    return _mm256_mask_cmpge_epi32_mask(lanes, _mm256_maskz_loadu_epi32(lanes, src),
+                                        _mm256_setzero_si256());
   }
-  return word;
+}
+
+// One image row of a channel-strided tensor (x contiguous, e.g. NCHW seen as NHWC) into pixel
+// words dst[x, q]: per block of 8 pixels × 64 channels, byte c holds channel c's 8 sign bits;
+// testing bit x of all 64 bytes at once gives pixel x's 64 channel bits (a bit transpose).
+template <typename T>
+BPK_TARGET_AVX512 void pack_row_transposed_avx512(const T* src, int64_t sc, int64_t Wd, int64_t C,
+                                                  int64_t Wc, uint64_t* dst) {
+  alignas(64) uint8_t bytes[64];
+  for (int64_t x0 = 0; x0 < Wd; x0 += 8) {
+    const int nx = int(std::min<int64_t>(8, Wd - x0));
+    const __mmask8 lanes = __mmask8((1u << nx) - 1);
+    for (int64_t c0 = 0; c0 < C; c0 += 64) {
+      const int nc = int(std::min<int64_t>(64, C - c0));
+      for (int c = 0; c < nc; ++c) bytes[c] = sign_byte_avx512<T>(src + (c0 + c) * sc + x0, lanes);
+      for (int c = nc; c < 64; ++c) bytes[c] = 0;
+      const __m512i v = _mm512_load_si512(bytes);
+      for (int x = 0; x < nx; ++x) {
+        dst[(x0 + x) * Wc + (c0 >> 6)] = _mm512_test_epi8_mask(v, _mm512_set1_epi8(char(1 << x)));
+      }
+    }
+  }
 }
 #endif
 
@@ -622,18 +625,16 @@ void pack_pixels(const at::Tensor& z, uint64_t* pix, int64_t Wc) {
         }
       }
     });
-  } else if (xnor_isa() == XnorIsa::kAvx512 && sc > 0 && 63 * sc < (int64_t(1) << 31)) {
-    // e.g. an NCHW tensor seen as NHWC: the channels of a pixel by gathers
-    at::parallel_for(0, B * H * Wd, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t q = begin; q < end; ++q) {
-        const int64_t b = q / (H * Wd), y = (q / Wd) % H, x = q % Wd;
-        const T* src = base + b * sb + y * sy + x * sx;
-        for (int64_t c0 = 0; c0 < C; c0 += 64) {
-          pix[q * Wc + (c0 >> 6)] =
-              pack_strided_avx512<T>(src + c0 * sc, sc, std::min<int64_t>(64, C - c0));
-        }
+  } else if (xnor_isa() == XnorIsa::kAvx512 && sx == 1) {
+#ifdef BPK_XNOR_X86
+    // e.g. an NCHW tensor seen as NHWC: bit transposes of the rows' sign bytes
+    at::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        pack_row_transposed_avx512<T>(base + (row / H) * sb + (row % H) * sy, sc, Wd, C, Wc,
+                                      pix + row * Wd * Wc);
       }
     });
+#endif
   } else {  // otherwise one image row at a time, transposed to [W, C] in a buffer
     const bool avx512 = xnor_isa() == XnorIsa::kAvx512;
     at::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
