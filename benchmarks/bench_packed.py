@@ -128,7 +128,8 @@ def bench_network(name, model, args, gen):
     rows.append(dict(case=name, what="file size (bytes)", packed=packed_bytes,
                      float=buf.getbuffer().nbytes, ratio=buf.getbuffer().nbytes / packed_bytes,
                      note=f"float = torch.save(state_dict) (field, mag, sigma); float32 ±1 "
-                          f"weights alone {4 * weights} B, {4 * weights / packed_bytes:.1f}× the packed file"))
+                          f"weights alone {4 * weights} B, {4 * weights / packed_bytes:.1f}× "
+                          "the packed file"))
     fnet = FloatNet(model)
     for batch, what in ((1, "latency b=1 (s)"), (256, "throughput b=256 (samples/s)")):
         x = inputs(name, batch, gen)

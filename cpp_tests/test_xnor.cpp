@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <tuple>
+#include <vector>
 
 #include "bpkernels/xnor.h"
 
@@ -63,14 +64,16 @@ TEST(XnorOps, GemmMatchesDirectSum) {
   const int64_t R = 19, K = 11, N = 150;
   const at::Tensor xs = at::randint(0, 2, {R, N}, at::kLong) * 2 - 1;  // ±1
   const at::Tensor ws = at::randint(-1, 2, {K, N}, at::kLong);         // −1, 0, +1
+  const std::vector<int64_t> ones = {1, 1}, zeros = {0, 0};
   auto pack = [&](const at::Tensor& v) {
-    return std::get<0>(im2col(v.to(at::kInt).view({v.size(0), 1, 1, N}), {1, 1}, {1, 1}, {0, 0}));
+    return std::get<0>(im2col.call(v.to(at::kInt).view({v.size(0), 1, 1, N}), at::IntArrayRef(ones),
+                              at::IntArrayRef(ones), at::IntArrayRef(zeros)));
   };
   // Packed sign bits are v >= 0: signs plane 1 where w = +1, nonzero plane 1 where w != 0.
   const at::Tensor nonzero = pack(ws.abs() - 1), signs = pack(ws - (ws == 0).to(at::kLong));
-  const at::Tensor z = gemm(pack(xs), signs, std::nullopt, nonzero, N);
+  const at::Tensor z = gemm.call(pack(xs), signs, std::nullopt, nonzero, N);
   EXPECT_TRUE(at::equal(z, at::matmul(xs, ws.t()).to(at::kInt)));
-  EXPECT_THROW(gemm(pack(xs), signs.narrow(1, 0, 2), std::nullopt, std::nullopt, N), c10::Error);
+  EXPECT_THROW(gemm.call(pack(xs), signs.narrow(1, 0, 2), std::nullopt, std::nullopt, N), c10::Error);
 }
 
 }  // namespace

@@ -223,10 +223,14 @@ BPK_TARGET_AVX512 void block_avx512(const GemmParams& p, int64_t r0, int64_t r1,
   constexpr int kRT = (kXV && kWN) ? 1 : 2;
   int64_t r = r0;
   for (; r + kRT <= r1; r += kRT) {
-    for (int64_t k = k0; k < k1; k += 8) tile_avx512<kXV, kWN, kRT>(p, r, k, int(std::min<int64_t>(8, k1 - k)));
+    for (int64_t k = k0; k < k1; k += 8) {
+      tile_avx512<kXV, kWN, kRT>(p, r, k, int(std::min<int64_t>(8, k1 - k)));
+    }
   }
   for (; r < r1; ++r) {
-    for (int64_t k = k0; k < k1; k += 8) tile_avx512<kXV, kWN, 1>(p, r, k, int(std::min<int64_t>(8, k1 - k)));
+    for (int64_t k = k0; k < k1; k += 8) {
+      tile_avx512<kXV, kWN, 1>(p, r, k, int(std::min<int64_t>(8, k1 - k)));
+    }
   }
 }
 
@@ -338,8 +342,10 @@ BPK_TARGET_AVX2 inline __m256i popcnt_avx2(__m256i v) {
 
 // Sums of 4 vectors of 4 int64 lanes: lane t of the result is Σ_lanes a[t].
 BPK_TARGET_AVX2 inline __m256i reduce4_avx2(const __m256i* a) {
-  const __m256i s01 = _mm256_add_epi64(_mm256_unpacklo_epi64(a[0], a[1]), _mm256_unpackhi_epi64(a[0], a[1]));
-  const __m256i s23 = _mm256_add_epi64(_mm256_unpacklo_epi64(a[2], a[3]), _mm256_unpackhi_epi64(a[2], a[3]));
+  const __m256i s01 = _mm256_add_epi64(_mm256_unpacklo_epi64(a[0], a[1]),
+                                        _mm256_unpackhi_epi64(a[0], a[1]));
+  const __m256i s23 = _mm256_add_epi64(_mm256_unpacklo_epi64(a[2], a[3]),
+                                        _mm256_unpackhi_epi64(a[2], a[3]));
   return _mm256_add_epi64(_mm256_permute2x128_si256(s01, s23, 0x20),
                           _mm256_permute2x128_si256(s01, s23, 0x31));
 }
@@ -406,10 +412,14 @@ BPK_TARGET_AVX2 void block_avx2(const GemmParams& p, int64_t r0, int64_t r1, int
                                 int64_t k1) {
   int64_t r = r0;
   for (; r + 2 <= r1; r += 2) {
-    for (int64_t k = k0; k < k1; k += 4) tile_avx2<kXV, kWN, 2>(p, r, k, int(std::min<int64_t>(4, k1 - k)));
+    for (int64_t k = k0; k < k1; k += 4) {
+      tile_avx2<kXV, kWN, 2>(p, r, k, int(std::min<int64_t>(4, k1 - k)));
+    }
   }
   for (; r < r1; ++r) {
-    for (int64_t k = k0; k < k1; k += 4) tile_avx2<kXV, kWN, 1>(p, r, k, int(std::min<int64_t>(4, k1 - k)));
+    for (int64_t k = k0; k < k1; k += 4) {
+      tile_avx2<kXV, kWN, 1>(p, r, k, int(std::min<int64_t>(4, k1 - k)));
+    }
   }
 }
 
