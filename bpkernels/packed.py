@@ -333,8 +333,10 @@ class PackedNet(nn.Module):
                              f"got {list(x.shape)}")
         if x.shape[0] == 0:
             raise ValueError("the batch is empty")
-        x = x.to(device=self.weight0.device, dtype=self.dtype).contiguous()
-        if not torch.isfinite(x).all():
+        # detached: no autograd graph (the kernels have no derivative; this replaces no_grad)
+        x = x.detach().to(device=self.weight0.device, dtype=self.dtype).contiguous()
+        # A NaN or ±inf makes the sum non-finite, so one reduction clears the usual case.
+        if not math.isfinite(float(x.sum())) and not torch.isfinite(x).all():
             raise ValueError("the input contains NaN or infinite values")
         return x
 
@@ -364,7 +366,6 @@ class PackedNet(nn.Module):
             zs.append(self._layer(index, zs[-1]))
         return zs
 
-    @torch.no_grad()
     def preactivations(self, x: Tensor) -> list[Tensor]:
         """Every layer's preactivation in the model's layout ([B, K] or [B, K, OH, OW]): the
         first in floating point, the others int32."""
@@ -372,19 +373,19 @@ class PackedNet(nn.Module):
         return [z.permute(0, 3, 1, 2) if len(s["out_shape"]) == 3 else z.reshape(z.shape[0], -1)
                 for z, s in zip(zs, self.stages)]
 
-    @torch.no_grad()
+    def _predict_chunk(self, x: Tensor) -> Tensor:
+        z = self._chunk_preactivations(x)[-1]
+        z = z.reshape(z.shape[0], -1)
+        if self.stages[-1]["output"] == "argmax":
+            return z.argmax(dim=1)
+        return torch.where(z[:, 0] >= 0, 1.0, -1.0).to(self.dtype)
+
     def forward(self, x: Tensor, chunk: int = 8192) -> Tensor:
         """Predictions: class indices [B] (argmax output) or ±1 [B] (sign output)."""
         x = self._prepare_x(x)
-        out = []
-        for i in range(0, x.shape[0], chunk):
-            z = self._chunk_preactivations(x[i:i + chunk])[-1]
-            z = z.reshape(z.shape[0], -1)
-            if self.stages[-1]["output"] == "argmax":
-                out.append(z.argmax(dim=1))
-            else:
-                out.append(torch.where(z[:, 0] >= 0, 1.0, -1.0).to(self.dtype))
-        return torch.cat(out)
+        if x.shape[0] <= chunk:
+            return self._predict_chunk(x)
+        return torch.cat([self._predict_chunk(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
 
     def error(self, x: Tensor, y: Tensor) -> float:
         """Fraction of misclassified samples."""

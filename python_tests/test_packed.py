@@ -282,6 +282,8 @@ def test_input_errors(tmp_path):
     x[1, 5] = float("nan")
     with pytest.raises(ValueError, match="NaN or infinite"):
         packed(x)
+    huge = torch.full((2, 784), 3e38)  # finite, though its sum overflows
+    assert packed(huge).shape == (2,)
 
 
 def test_export_errors(tmp_path):
