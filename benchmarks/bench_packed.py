@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import RESULTS_DIR, device_name, git_commit  # noqa: E402
 from bpkernels import data, packed_ops  # noqa: E402
-from bpkernels.conv import build_arch  # noqa: E402
+from bpkernels.conv import BPConv2d, build_arch  # noqa: E402
 from bpkernels.nn import mlp  # noqa: E402
 from bpkernels.packed import export, load_packed  # noqa: E402
 
@@ -51,14 +51,14 @@ class FloatNet:
 
     def __init__(self, model):
         self.layers = []
-        for layer in model.body:
+        for layer in model.layers:
             if isinstance(layer, nn.Flatten):
                 self.layers.append(("flatten", None, None))
-            elif hasattr(layer, "kernel_size"):
+            elif isinstance(layer, BPConv2d):
                 self.layers.append(("conv", torch.sign(layer.mag), layer))
             else:
                 self.layers.append(("linear", torch.sign(layer.mag), layer))
-        self.output = model.bp_layers[-1].output
+        self.output = model.layers[-1].output
 
     def layer(self, index, h):
         kind, w, layer = self.layers[index]
@@ -69,10 +69,12 @@ class FloatNet:
         return h @ w.T
 
     def __call__(self, x):
-        z = x
+        z, first = x, True
         for i, (kind, _, _) in enumerate(self.layers):
-            if kind != "flatten" and i > 0:
-                z = torch.sign(z + 1e-10)
+            if kind != "flatten":
+                if not first:
+                    z = torch.sign(z + 1e-10)
+                first = False
             z = self.layer(i, z)
         if self.output == "argmax":
             return z.argmax(dim=1)
@@ -124,7 +126,7 @@ def bench_network(name, model, args, gen):
         packed = load_packed(path)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
-    weights = sum(layer.mag.numel() for layer in model.bp_layers)
+    weights = sum(layer.mag.numel() for layer in model.layers if not isinstance(layer, nn.Flatten))
     rows.append(dict(case=name, what="file size (bytes)", packed=packed_bytes,
                      float=buf.getbuffer().nbytes, ratio=buf.getbuffer().nbytes / packed_bytes,
                      note=f"float = torch.save(state_dict) (field, mag, sigma); float32 ±1 "

@@ -119,12 +119,12 @@ def _layer_records(model: nn.Module) -> tuple[list[dict], list[np.ndarray]]:
         mag = layer.mag.detach().to("cpu", torch.float64)
         values = torch.sign(mag).to(torch.int8).reshape(mag.shape[0], -1).numpy()
         if kind == "linear":
-            n = layer.in_features
+            k, n = mag.shape
             if shape is not None and shape != (n,):
                 raise ValueError(f"layer sizes do not chain: {list(shape)} -> {n}")
-            rec = dict(type="linear", in_features=n, out_features=layer.out_features,
-                       input_shape=[n], output=layer.output)
-            shape = (layer.out_features,)
+            rec = dict(type="linear", in_features=n, out_features=k, input_shape=[n],
+                       output=layer.output)
+            shape = (k,)
         else:
             if shape is None:
                 if layer.input_size is None:

@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bpkernels import cli, data
@@ -124,13 +125,21 @@ def test_op_errors(monkeypatch):
 # ---- packed networks against the float model ------------------------------------------------
 
 def float_preactivations(model, x):
-    """Every weight layer's point-wise preactivation, as BPSequential.predict computes it."""
-    h, zs = model._prepare_x(x), []
-    for layer in model.body:
+    """Every weight layer's point-wise preactivation from the model's layers and magnetisations
+    (the semantics of BPSequential.predict): W = sign(m), x ← sign(z + 1e-10) between layers."""
+    first = next(layer for layer in model.layers if not isinstance(layer, nn.Flatten))
+    if isinstance(first, BPConv2d) and x.dim() == 2:
+        x = x.view(x.shape[0], first.in_channels, *first.input_size)
+    h, zs = x.to(first.mag.dtype).contiguous(), []
+    for layer in model.layers:
         if isinstance(layer, nn.Flatten):
             h = layer(h)
             continue
-        zs.append(layer.pointwise(h))
+        w = torch.sign(layer.mag)
+        if isinstance(layer, BPConv2d):
+            zs.append(F.conv2d(h, w, stride=layer.stride, padding=layer.padding))
+        else:
+            zs.append(h @ w.T)
         h = torch.sign(zs[-1] + 1e-10)
     return zs
 
@@ -174,8 +183,8 @@ def test_mlp_exact(cfg, tmp_path):
 
 def test_zero_weights_without_mask(tmp_path):
     model = mlp([60, 70, 10], seed=0)
-    model.bp_layers[0].mag[:, :7] = 0.0  # m = 0 is a zero weight too: sign(0) = 0
-    model.bp_layers[1].mag[3] = 0.0
+    model.layers[0].mag[:, :7] = 0.0  # m = 0 is a zero weight too: sign(0) = 0
+    model.layers[1].mag[3] = 0.0
     check_exact(model, torch.randn(50, 60), roundtrip(model, tmp_path))
 
 
