@@ -13,12 +13,13 @@ from .algorithms import ALGORITHMS, Algorithm, register_algorithm
 from .arch import build_arch, mlp, parse_arch
 from .conv import BPConv2d
 from .layers import BPLayer, BPLinear, register_layer
+from .packed import export, load_packed
 from .sequential import BPSequential
 from .train import MessagePassingTrainer, Trainer, evaluate, fit, load_model
 
 __version__ = "0.2.0"
 
 __all__ = ["ALGORITHMS", "Algorithm", "BPConv2d", "BPLayer", "BPLinear", "BPSequential",
-           "MessagePassingTrainer", "Trainer", "build_arch", "data", "evaluate", "fit",
-           "load_model", "mlp", "ops", "parse_arch", "reference", "register_algorithm",
+           "MessagePassingTrainer", "Trainer", "build_arch", "data", "evaluate", "export", "fit",
+           "load_model", "load_packed", "mlp", "ops", "parse_arch", "reference", "register_algorithm",
            "register_layer", "__version__"]

@@ -82,3 +82,21 @@ def _(field, mag, sigma, h_in, field_prior, mask, rho, r, psi, damp_field):
 def _(x_hat, delta, mag, sigma):
     out = x_hat.new_empty(x_hat.shape[0], mag.shape[0])
     return out, torch.empty_like(out)
+
+
+# ---- packed (XNOR-popcount) inference ------------------------------------------------------
+
+@torch.library.register_fake(_lib + "xnor_im2col")
+def _(z, kernel_size, stride, padding):
+    batch, height, width, channels = z.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, stride, padding
+    positions = ((height + 2 * ph - kh) // sh + 1) * ((width + 2 * pw - kw) // sw + 1)
+    words = (kh * kw * channels + 63) // 64
+    return (z.new_empty(batch * positions, words, dtype=torch.int64),
+            z.new_empty(positions, words, dtype=torch.int64))
+
+
+@torch.library.register_fake(_lib + "xnor_gemm")
+def _(x, w, x_valid, w_nonzero, n):
+    torch._check(x.shape[1] == w.shape[1])
+    return x.new_empty(x.shape[0], w.shape[0], dtype=torch.int32)

@@ -262,6 +262,47 @@ def cmd_continual(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .packed import export
+
+    model, _ = load_model(args.checkpoint, device="cpu")
+    header = export(model, args.out)
+    float_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values()
+                      if t is not None)
+    print(json.dumps({"out": args.out, "bytes": os.path.getsize(args.out),
+                      "state_dict_bytes": float_bytes, "dtype": header["dtype"],
+                      "layers": [layer["type"] for layer in header["layers"]]}))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import time
+
+    from .packed import PackedFormatError, load_packed
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        net = load_packed(args.packed)
+    except (OSError, PackedFormatError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    binary = net.stages[-1]["output"] == "sign"
+    task = args.task or ("evenodd" if binary else "10class")
+    if (task == "evenodd") != binary:
+        raise SystemExit(f"error: the network has a {net.stages[-1]['output']} output, which "
+                         f"does not fit --task {task}")
+    ns = argparse.Namespace(dataset=args.dataset, task=task, data_dir=args.data_dir, subset=None,
+                            test_subset=args.test_subset, seed=args.seed,
+                            dtype=str(net.dtype).replace("torch.", ""))
+    data = load_data(ns)
+    start = time.perf_counter()
+    error = net.error(data.test_x, data.test_y)
+    print(json.dumps({"test_error": error, "test_samples": int(data.test_x.shape[0]),
+                      "seconds": round(time.perf_counter() - start, 4),
+                      "threads": torch.get_num_threads()}))
+    return 0
+
+
 def write_comparison(results: dict[str, list[dict]], out_dir: str) -> None:
     """compare.md / compare.csv (one row per method and epoch) and compare.png."""
     os.makedirs(out_dir, exist_ok=True)
@@ -328,6 +369,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: bp, bpi, amp, mf, ste, bayesbinn, st")
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<time>)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("export", help="write a checkpoint's ±1 network as a bit-packed file")
+    p.add_argument("checkpoint", help="checkpoint.pt of a message-passing run")
+    p.add_argument("out", help="the packed file to write (docs/packed_format.md)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="test error of a packed network (XNOR-popcount kernels)")
+    p.add_argument("packed", help="a file written by `bpkernels export`")
+    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "teacher"])
+    p.add_argument("--task", default=None, choices=list(datasets.TASKS),
+                   help="default: evenodd for a sign output, 10class for an argmax output")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--test-subset", type=int, default=None, help="use this many test examples")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test subset draw")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

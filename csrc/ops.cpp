@@ -62,4 +62,17 @@ TORCH_LIBRARY(bpkernels, m) {
   m.def(
       "bp_bayes_fwd(Tensor x_hat, Tensor? delta, Tensor mag, Tensor sigma) "
       "-> (Tensor x_hat_out, Tensor delta_out)");
+
+  // ---- packed (XNOR-popcount) inference; bit conventions in bpkernels/xnor.h ----
+  // Sign bits (x = +1 <=> z + 1e-10 > 0, z >= 0 for int32 z) of z [B, H, W, C] gathered per
+  // output position: bits [B·OH·OW, ⌈kh·kw·C/64⌉] int64, tap (i, j) channel c at bit
+  // (i·kw + j)·C + c; valid [OH·OW, same] marks the taps inside the image (zero padding).
+  m.def(
+      "xnor_im2col(Tensor z, int[2] kernel_size, int[2] stride, int[2] padding) "
+      "-> (Tensor bits, Tensor valid)");
+  // z[r, k] = Σ_i x_ri w_ki over ±1 bits, i where x_valid[r mod P] and w_nonzero[k] are set:
+  // count − 2·popcount((x XOR w) AND care); int32 [R, K]. n: bits per row (no planes given).
+  m.def("xnor_gemm(Tensor x, Tensor w, Tensor? x_valid, Tensor? w_nonzero, int n) -> Tensor");
+  // The instruction set the CPU xnor_gemm runs: "avx512", "avx2" or "portable".
+  m.def("xnor_cpu_isa() -> str");
 }
