@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import RESULTS_DIR, device_name, git_commit  # noqa: E402
 from bpkernels import data, packed_ops  # noqa: E402
-from bpkernels.conv import BPConv2d, build_arch  # noqa: E402
+from bpkernels import BPConv2d, build_arch  # noqa: E402
 from bpkernels import mlp  # noqa: E402
 from bpkernels.packed import export, load_packed  # noqa: E402
 

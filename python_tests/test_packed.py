@@ -14,7 +14,7 @@ from torch import nn
 from bpkernels import cli, data
 from bpkernels import packed_ops as ops
 from bpkernels import packed_reference as ref
-from bpkernels.conv import BPConv2d, build_arch
+from bpkernels import BPConv2d, build_arch
 from bpkernels import BPLinear, BPSequential, mlp
 from bpkernels.packed import PackedFormatError, export, load_packed
 from bpkernels.train import fit
