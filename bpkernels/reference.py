@@ -58,6 +58,12 @@ def bp_linear_input(u: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor]:
     return x_hat, 1.0 - x_hat.square()
 
 
+def bp_weight_var(mag: Tensor, mask: Tensor | None) -> Tensor:
+    """Spec for ``bpkernels::bp_weight_var``: σ = (1 − m²)·mask (mask None: 1 − m²)."""
+    sigma = 1.0 - mag.square()
+    return sigma if mask is None else sigma * mask
+
+
 def _moments(x_hat, delta, mag, sigma):
     omega = x_hat @ mag.T
     var = x_hat.square() @ sigma.T
@@ -66,14 +72,16 @@ def _moments(x_hat, delta, mag, sigma):
     return omega, var + VAR_EPS
 
 
-def bp_linear_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, sigma: Tensor):
-    """Spec for ``bpkernels::bp_linear_fwd``: ω = x̂ mᵀ, V = x̂² σᵀ + Δ(m² + σ)ᵀ + ε, u = U(ω, √V)."""
-    omega, var = _moments(x_hat, delta, mag, sigma)
+def bp_linear_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, mask: Tensor | None):
+    """Spec for ``bpkernels::bp_linear_fwd``: ω = x̂ mᵀ, V = x̂² σᵀ + Δ(m² + σ)ᵀ + ε, u = U(ω, √V),
+    σ = (1 − m²)·mask."""
+    omega, var = _moments(x_hat, delta, mag, bp_weight_var(mag, mask))
     return omega, var, upfield(omega, var.sqrt())
 
 
-def bp_linear_fwd_amp(x_hat, delta, mag, sigma, g_old, x_hat_old, mag_old):
+def bp_linear_fwd_amp(x_hat, delta, mag, mask, g_old, x_hat_old, mag_old):
     """Spec for ``bpkernels::bp_linear_fwd_amp``: ω with the Onsager terms of spec §4.4."""
+    sigma = bp_weight_var(mag, mask)
     omega, var = _moments(x_hat, delta, mag, sigma)
     omega = omega - g_old * ((x_hat * x_hat_old) @ sigma.T)
     if delta is not None:
@@ -111,8 +119,9 @@ def bp_linear_bwd_mf(g: Tensor, x_hat: Tensor, mag: Tensor, compute_b: bool):
     return b, g.T @ x_hat
 
 
-def bp_linear_bwd_amp(g, gamma, x_hat, delta, mag, sigma, g_old, x_hat_old, mag_old, compute_b):
-    """Spec for ``bpkernels::bp_linear_bwd_amp`` (spec §4.4)."""
+def bp_linear_bwd_amp(g, gamma, x_hat, delta, mag, mask, g_old, x_hat_old, mag_old, compute_b):
+    """Spec for ``bpkernels::bp_linear_bwd_amp`` (spec §4.4), σ = (1 − m²)·mask."""
+    sigma = bp_weight_var(mag, mask)
     h_in = g.T @ x_hat + mag * (gamma.T @ x_hat.square())
     b = g @ mag + x_hat * (gamma @ mag.square()) if compute_b else x_hat.new_empty(x_hat.shape[0], 0)
     if g_old is not None:
@@ -170,7 +179,7 @@ def bp_cavity_update_(mag_cav, b_cav, b_top, omega, var, x_in, b, field, mask, p
     mag_cav.copy_(psi * mag_cav + (1.0 - psi) * torch.tanh(field[:, :, None] - g_cav * x_cav) * msk)
 
 
-def bp_field_update_(field, mag, sigma, h_in, field_prior, mask, rho: float, r: float, psi: float,
+def bp_field_update_(field, mag, h_in, field_prior, mask, rho: float, r: float, psi: float,
                      damp_field: bool) -> Tensor:
     """Spec for ``bpkernels::bp_field_update_`` (spec §4.1 step 4, §4.5, §5.1)."""
     prior = field if field_prior is None else field_prior
@@ -185,12 +194,11 @@ def bp_field_update_(field, mag, sigma, h_in, field_prior, mask, rho: float, r: 
     change = (new_mag - mag).abs().mean()
     field.copy_(new_field)
     mag.copy_(new_mag)
-    sigma.copy_((1.0 - new_mag.square()) * msk)
     return change
 
 
-def bp_bayes_fwd(x_hat, delta, mag, sigma):
+def bp_bayes_fwd(x_hat, delta, mag, mask):
     """Spec for ``bpkernels::bp_bayes_fwd``: x̂ = erf(ω/√(2V)), Δ = 1 − x̂² (spec §6)."""
-    omega, var = _moments(x_hat, delta, mag, sigma)
+    omega, var = _moments(x_hat, delta, mag, bp_weight_var(mag, mask))
     x_out = torch.erf(omega / (2.0 * var).sqrt())
     return x_out, 1.0 - x_out.square()
