@@ -27,7 +27,7 @@ Two implementations, by variant:
 
 * BPI (and BP at τ_max = 1): im2col. The input moments x̂, Δ are unfolded into patches, each
   (a, p) one row of an effective batch of B·P rows over C·R_k inputs; the dense operators of
-  :mod:`bpkernels.ops` run unchanged on the [K, C·R_k] views of field, mag and sigma (the fused
+  :mod:`bpkernels.ops` run unchanged on the [K, C·R_k] views of field, mag and mask (the fused
   BPI kernel evaluates ĝ in registers, so the K×(C·R_k)×(B·P) cavity tensor never exists), and
   the per-row downward fields fold back onto the image (col2im, overlapping patches summed).
 * MF and AMP need no cavity, only contractions: ATen ``conv2d`` for ω and the V terms,
@@ -67,7 +67,7 @@ def _pair(value: int | Sequence[int], name: str, minimum: int) -> tuple[int, int
 class BPConv2d(BPLayer):
     """2-D convolution of ±1 weights with sign activations, trained by message passing.
 
-    The same contract as :class:`bpkernels.nn.BPLinear` (buffers ``field``, ``mag``, ``sigma`` and
+    The same contract as :class:`bpkernels.nn.BPLinear` (buffers ``field``, ``mag`` and
     optional ``mask``, here of shape [out_channels, in_channels, kh, kw]; hyper-parameters,
     defaults, the mp_* protocol of ``BPSequential.bp_step``, point-wise and Bayesian forward).
     Always a hidden layer: inputs [B, C, H, W] (images, or the up-fields of the layer below),
@@ -257,10 +257,10 @@ class BPConv2d(BPLayer):
         :math:`\hat x' = \mathrm{erf}(\omega/\sqrt{2V})`, :math:`\Delta' = 1 - \hat x'^2` with
         ω = conv(m, x̂), V = conv(σ, x̂²) + conv(m² + σ, Δ) + ε:
         [B, C, H, W] -> [B, K, H_out, W_out]."""
-        omega = self._conv(x_hat, self.mag)
-        var = self._conv(x_hat.square(), self.sigma)
+        omega, sigma = self._conv(x_hat, self.mag), self.sigma
+        var = self._conv(x_hat.square(), sigma)
         if delta is not None:
-            var = var + self._conv(delta, self.mag.square() + self.sigma)
+            var = var + self._conv(delta, self.mag.square() + sigma)
         x_out = torch.erf(omega / (2.0 * (var + VAR_EPS)).sqrt())
         return x_out, 1.0 - x_out.square()
 

@@ -234,9 +234,9 @@ class TwinBPConv2d(BPConv2d):
         else:
             b, h_in = conv_bwd_bpi(*args, self.mag, not self.first)
         flat = [None if t is None else t.view(t.shape[0], -1)
-                for t in (self.field, self.mag, self.sigma, self.field_prior, self.mask)]
-        field, mag, sigma, prior, mask = flat
-        delta = reference.bp_field_update_(field, mag, sigma, h_in.view(h_in.shape[0], -1), prior,
+                for t in (self.field, self.mag, self.field_prior, self.mask)]
+        field, mag, prior, mask = flat
+        delta = reference.bp_field_update_(field, mag, h_in.view(h_in.shape[0], -1), prior,
                                            mask, self.rho, self.r, self.psi, False)
         return b, delta
 

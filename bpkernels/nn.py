@@ -35,8 +35,8 @@ PSI_DEFAULT = 0.8
 class BPLayer(nn.Module):
     """Base of the message-passing layers (``BPLinear``, :class:`bpkernels.conv.BPConv2d`).
 
-    Holds the weight marginals as buffers ``field`` H, ``mag`` m, ``sigma`` σ (and ``mask``) of
-    shape [K, *fan_in] (K output units) and runs the mp_* protocol of
+    Holds the weight marginals as buffers ``field`` H, ``mag`` m (and ``mask``) of shape
+    [K, *fan_in] (σ = (1 − m²)·mask is derived: :attr:`sigma`) (K output units) and runs the mp_* protocol of
     :meth:`BPSequential.bp_step`. The operators see the weights as [K, N] matrices (N the
     fan-in) and the messages as an effective batch of rows, one factor per (row, unit): a
     subclass maps its activations to rows and back with four hooks, ``_input_rows`` /
@@ -63,12 +63,15 @@ class BPLayer(nn.Module):
         else:
             mask = (torch.rand(weight_shape, generator=generator, dtype=torch.float64) < density).double()
         mag = torch.tanh(field) * (1.0 if mask is None else mask)
-        sigma = (1.0 - mag.square()) * (1.0 if mask is None else mask)
         factory = dict(dtype=dtype, device=device)
         self.register_buffer("field", field.to(**factory))
         self.register_buffer("mag", mag.to(**factory))
-        self.register_buffer("sigma", sigma.to(**factory))
         self.register_buffer("mask", None if mask is None else mask.to(**factory))
+
+    @property
+    def sigma(self) -> Tensor:
+        """Weight variances σ = (1 − m²)·mask [K, *fan_in], derived from ``mag`` and ``mask``."""
+        return ops.bp_weight_var(self.mag, self.mask)
 
     def _hyper_repr(self) -> str:
         text = f"rho={self.rho}, psi={self.psi}, r={self.r}"
@@ -114,12 +117,12 @@ class BPLayer(nn.Module):
         self.x_in, self.first = x_in, first
         x_hat, delta = self._input_moments(x_in, first)
         self.x_hat, self.delta = self._input_rows(x_hat), self._input_rows(delta)  # [R, N]
-        mag, sigma = self._matrix(self.mag), self._matrix(self.sigma)
+        mag, mask = self._matrix(self.mag), self._matrix(self.mask)
         if self.algo == "amp" and self.g_old is not None:
             self.omega, self.var, u = ops.bp_linear_fwd_amp(
-                self.x_hat, self.delta, mag, sigma, self.g_old, self.x_hat_old, self.mag_old)
+                self.x_hat, self.delta, mag, mask, self.g_old, self.x_hat_old, self.mag_old)
         else:
-            self.omega, self.var, u = ops.bp_linear_fwd(self.x_hat, self.delta, mag, sigma)
+            self.omega, self.var, u = ops.bp_linear_fwd(self.x_hat, self.delta, mag, mask)
         if self.uses_bp_cavity and self.mag_cav is not None:
             # BP, iteration ≥ 2: cavity preactivation ω = Σ_i m̃ x̃ (V stays non-cavity, §4.3).
             self.omega = ops.bp_linear_omega_bp(x_in, self.b_cav, self.mag_cav)
@@ -139,7 +142,7 @@ class BPLayer(nn.Module):
         """The field/reinforcement/damping update (spec §4.1 step 4, §4.5) on the [K, N] views,
         h_in [K, N]. Returns δ = mean |m_new − m_old|."""
         return ops.bp_field_update_(self._matrix(self.field), self._matrix(self.mag),
-                                    self._matrix(self.sigma), h_in, self._matrix(self.field_prior),
+                                    h_in, self._matrix(self.field_prior),
                                     self._matrix(self.mask), self.rho, self.r, self.psi,
                                     damp_field=self.output == "argmax")
 
@@ -154,7 +157,7 @@ class BPLayer(nn.Module):
         compute_b = not self.first
         hard = self.output == "sign"
         b_top = self._output_rows(b_top)
-        mag, sigma = self._matrix(self.mag), self._matrix(self.sigma)
+        mag, mask = self._matrix(self.mag), self._matrix(self.mask)
         if self.output == "argmax":
             g = ops.bp_argmax_output(self.omega, self.var, b_top)
             b, h_in = ops.bp_linear_bwd_mf(g, self.x_hat, mag, compute_b)
@@ -163,7 +166,7 @@ class BPLayer(nn.Module):
             b, h_in = ops.bp_linear_bwd_mf(g, self.x_hat, mag, compute_b)
         elif self.algo == "amp":
             g, gamma = ops.bp_output(b_top, self.omega, self.var, hard)
-            b, h_in = ops.bp_linear_bwd_amp(g, gamma, self.x_hat, self.delta, mag, sigma,
+            b, h_in = ops.bp_linear_bwd_amp(g, gamma, self.x_hat, self.delta, mag, mask,
                                             self.g_old, self.x_hat_old, self.mag_old, compute_b)
             if tau_max > 1:
                 self.g_old, self.x_hat_old, self.mag_old = g, self.x_hat, mag.clone()
@@ -251,7 +254,7 @@ class BPLinear(BPLayer):
 
     def bayes(self, x_hat: Tensor, delta: Tensor | None) -> tuple[Tensor, Tensor]:
         """Moment propagation through the weight marginals (spec §6): [B, N] -> [B, K]."""
-        return ops.bp_bayes_fwd(x_hat, delta, self.mag, self.sigma)
+        return ops.bp_bayes_fwd(x_hat, delta, self.mag, self.mask)
 
 
 def _flatten_shape(flatten: nn.Flatten, shape: tuple) -> tuple:

@@ -59,8 +59,10 @@ def bp_linear_input(u: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor]:
 
 
 def bp_weight_var(mag: Tensor, mask: Tensor | None) -> Tensor:
-    """Spec for ``bpkernels::bp_weight_var``: σ = (1 − m²)·mask (mask None: 1 − m²)."""
-    sigma = 1.0 - mag.square()
+    """Spec for ``bpkernels::bp_weight_var``: σ = (1 − m²)·mask (mask None: 1 − m²), evaluated as
+    (1 − m)(1 + m), which keeps its relative accuracy as |m| → 1 (1 − fl(m²) does not; the
+    kernels' fused 1 − m² does)."""
+    sigma = (1.0 - mag) * (1.0 + mag)
     return sigma if mask is None else sigma * mask
 
 

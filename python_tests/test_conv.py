@@ -160,7 +160,7 @@ def test_state_dict_config_checkpoint_dtype(tmp_path):
     ds = data.teacher_student(64, 32, (49, 3), seed=0)
     net = build_arch("conv4k3s2p1-conv6k3s1p1-flatten-dense3", algo="amp", num_classes=3,
                      input_shape=(1, 7, 7), density=0.7)
-    assert {"layers.0.field", "layers.0.mag", "layers.0.sigma", "layers.0.mask", "layers.3.field"} <= set(net.state_dict())
+    assert {"layers.0.field", "layers.0.mag", "layers.0.mask", "layers.3.field"} <= set(net.state_dict())
     assert net.bp_layers[0].field.shape == (4, 1, 3, 3)
     fit(net, ds, epochs=2, batch_size=16, run_dir=str(tmp_path / "run"), progress=False)
     loaded, state = load_model(str(tmp_path / "run" / "checkpoint.pt"))

@@ -36,7 +36,6 @@ EXPECTED_115 = {
 def set_fields(layer: BPLinear, field) -> None:
     layer.field.copy_(torch.as_tensor(field, dtype=layer.field.dtype))
     layer.mag.copy_(torch.tanh(layer.field))
-    layer.sigma.copy_(1 - layer.mag.square())
 
 
 def spec_net(algo: str) -> BPSequential:
@@ -122,7 +121,7 @@ def test_bp_inner_iterations_differ_from_bpi():
 def test_module_behaviour_state_dict_dtype_device():
     net = BPSequential(nn.Flatten(), BPLinear(12, 5, density=0.5), BPLinear(5, 3, output="argmax"))
     keys = set(net.state_dict())
-    assert {"layers.1.field", "layers.1.mag", "layers.1.sigma", "layers.1.mask", "layers.2.field"} <= keys
+    assert {"layers.1.field", "layers.1.mag", "layers.1.mask", "layers.2.field"} <= keys
     assert net.bp_layers[0].field.dtype == torch.float32
     masked = net.bp_layers[0]
     assert torch.all(masked.mag[masked.mask == 0] == 0) and torch.all(masked.sigma[masked.mask == 0] == 0)
