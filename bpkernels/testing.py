@@ -57,20 +57,28 @@ def optional_inputs(op: str) -> set[str]:
 
 
 class Draw:
-    """Seeded float64 draws on the CPU. ``saturated`` pushes every input into its tails:
-    |H| up to 50 (m = ±1, σ = 0), |u| up to 50 (x̂ = ±1, Δ = 0), |ω/s| up to 40, V down to ε,
-    |b_top| up to 30 and ±inf."""
+    """Seeded float64 draws, on the CPU unless ``device`` says otherwise (the same seed gives the
+    same numbers on every device only when drawn on the CPU). ``saturated`` pushes every input
+    into its tails: |H| up to 50 (m = ±1, σ = 0), |u| up to 50 (x̂ = ±1, Δ = 0), |ω/s| up to 40,
+    V down to ε, |b_top| up to 30 and ±inf."""
 
-    def __init__(self, B: int, N: int, K: int, seed: int = 0, saturated: bool = False):
+    def __init__(self, B: int, N: int, K: int, seed: int = 0, saturated: bool = False, device="cpu"):
         self.B, self.N, self.K = B, N, K
-        self.g = torch.Generator().manual_seed(seed)
+        self.device = torch.device(device)
+        self.g = torch.Generator(device=self.device).manual_seed(seed)
         self.sat = saturated
 
     def randn(self, *shape, scale=1.0) -> Tensor:
-        return torch.randn(*shape, generator=self.g, dtype=F64) * scale
+        return torch.randn(*shape, generator=self.g, dtype=F64, device=self.device) * scale
+
+    def rand(self, *shape) -> Tensor:
+        return torch.rand(*shape, generator=self.g, dtype=F64, device=self.device)
 
     def uniform(self, *shape, lo=-1.0, hi=1.0) -> Tensor:
-        return torch.rand(*shape, generator=self.g, dtype=F64) * (hi - lo) + lo
+        return self.rand(*shape) * (hi - lo) + lo
+
+    def randint(self, high: int, n: int) -> Tensor:
+        return torch.randint(0, high, (n,), generator=self.g, device=self.device)
 
     def field(self, *shape) -> Tensor:  # H
         return self.uniform(*shape, lo=-50, hi=50) if self.sat else self.randn(*shape, scale=1.5)
@@ -79,7 +87,7 @@ class Draw:
         return self.uniform(*shape, lo=-50, hi=50) if self.sat else self.randn(*shape, scale=2.0)
 
     def mask(self) -> Tensor:
-        return (torch.rand(self.K, self.N, generator=self.g, dtype=F64) < 0.8).to(F64)
+        return (self.rand(self.K, self.N) < 0.8).to(F64)
 
     def weights(self, masked: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         """(H, m, mask) with m = tanh(H)·mask [K, N]; mask None when unmasked."""
@@ -104,7 +112,7 @@ class Draw:
         ω/√V uniform in ±3 (±40 saturated)."""
         var = self.N * self.uniform(self.B, self.K, lo=0.2, hi=1.5)
         if self.sat:
-            var = torch.where(torch.rand(self.B, self.K, generator=self.g) < 0.33, torch.full_like(var, 1e-8), var)
+            var = torch.where(self.rand(self.B, self.K) < 0.33, torch.full_like(var, 1e-8), var)
         lim = 40.0 if self.sat else 3.0
         return var.sqrt() * self.uniform(self.B, self.K, lo=-lim, hi=lim), var
 
@@ -115,7 +123,7 @@ class Draw:
             return torch.where(b < 0, -1.0, 1.0).to(F64)
         if self.sat:
             b = b * 15
-            pick = torch.rand(self.B, self.K, generator=self.g)
+            pick = self.rand(self.B, self.K)
             b = torch.where(pick < 0.25, torch.where(b < 0, -INF, INF).to(F64), b)
         return b
 
@@ -193,7 +201,7 @@ BUILDERS: dict[str, Callable[..., list]] = {
     "bp_linear_fwd_amp": _fwd_amp,
     "bp_upfield": lambda d, first, hard, masked, extra: list(d.preact()),
     "bp_output": lambda d, first, hard, masked, extra: [d.b_top(hard), *d.preact(), hard],
-    "bp_argmax_output": lambda d, first, hard, masked, extra: [*d.preact(), torch.randint(0, d.K, (d.B,), generator=d.g)],
+    "bp_argmax_output": lambda d, first, hard, masked, extra: [*d.preact(), d.randint(d.K, d.B)],
     "bp_linear_bwd_mf": lambda d, first, hard, masked, extra: [d.randn(d.B, d.K), d.inputs(first)[0], d.weights(masked)[1], not first],
     "bp_linear_bwd_amp": _bwd_amp,
     "bp_linear_bwd_bpi": _bwd_bpi,
@@ -208,15 +216,15 @@ BUILDERS: dict[str, Callable[..., list]] = {
 
 def build_args(op: str, shape: tuple[int, int, int], seed: int = 0, *, saturated: bool = False,
                hard: bool = False, first: bool = False, masked: bool = False, extra: bool = True,
-               damp_field: bool | None = None) -> list:
-    """Arguments of ``op`` in schema order (float64 CPU tensors, None, bools, floats) for a layer
-    of shape (B, N, K).
+               damp_field: bool | None = None, device="cpu") -> list:
+    """Arguments of ``op`` in schema order (float64 tensors on ``device``, None, bools, floats)
+    for a layer of shape (B, N, K).
 
     first: the first layer (Δ = None, no b̃, compute_b False); hard: b_top holds labels ±1;
     masked: a 0/1 weight mask; extra: the optional inputs of :func:`optional_inputs` given (AMP's
     old state, the field prior, ...); damp_field: the field update's flag (default: seed odd)."""
     B, N, K = shape
-    d = Draw(B, N, K, seed, saturated)
+    d = Draw(B, N, K, seed, saturated, device)
     if op == "bp_field_update_":
         return _field_update(d, first, hard, masked, extra, bool(seed % 2) if damp_field is None else damp_field)
     return BUILDERS[op](d, first, hard, masked, extra)
@@ -233,5 +241,6 @@ def cast(a, dtype: torch.dtype, device):
 
 def make_inputs(op: str, B: int, N: int, K: int, dtype: torch.dtype = F64, device="cpu", seed: int = 0,
                 **variant) -> list:
-    """:func:`build_args` cast to ``dtype`` and moved to ``device``."""
-    return [cast(a, dtype, device) for a in build_args(op, (B, N, K), seed, **variant)]
+    """:func:`build_args` drawn on ``device`` (the GPU draws the large BP state itself) and cast
+    to ``dtype``."""
+    return [cast(a, dtype, device) for a in build_args(op, (B, N, K), seed, device=device, **variant)]
