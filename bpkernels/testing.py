@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -139,70 +140,80 @@ class Draw:
         return [self.randn(self.B, self.K, scale=0.5), torch.tanh(self.upfield(self.B, self.N)), m_old]
 
 
-def _fwd(d: Draw, first, hard, masked, extra):
-    x_hat, delta = d.inputs(first)
-    _, m, mask = d.weights(masked)
+@dataclass(frozen=True)
+class Variant:
+    """Which form of an operator's call to build (see :func:`build_args`)."""
+
+    first: bool = False
+    hard: bool = False
+    masked: bool = False
+    extra: bool = True
+    damp_field: bool = False
+
+
+def _fwd(d: Draw, v: Variant) -> list:
+    x_hat, delta = d.inputs(v.first)
+    _, m, mask = d.weights(v.masked)
     return [x_hat, delta, m, mask]
 
 
-def _fwd_amp(d: Draw, first, hard, masked, extra):
-    x_hat, delta = d.inputs(first)
-    _, m, mask = d.weights(masked)
-    return [x_hat, delta, m, mask, *d.amp_old(masked)]
+def _fwd_amp(d: Draw, v: Variant) -> list:
+    return [*_fwd(d, v), *d.amp_old(v.masked)]
 
 
-def _bwd_amp(d: Draw, first, hard, masked, extra):
-    x_hat, delta = d.inputs(first)
-    _, m, mask = d.weights(masked)
+def _bwd_mf(d: Draw, v: Variant) -> list:
+    return [d.randn(d.B, d.K), d.inputs(v.first)[0], d.weights(v.masked)[1], not v.first]
+
+
+def _bwd_amp(d: Draw, v: Variant) -> list:
+    x_hat, delta, m, mask = _fwd(d, v)
     g, gamma = d.randn(d.B, d.K), d.uniform(d.B, d.K, lo=0.0, hi=1.0)
-    old = d.amp_old(masked) if extra else [None, None, None]
-    return [g, gamma, x_hat, delta, m, mask, *old, not first]
+    old = d.amp_old(v.masked) if v.extra else [None, None, None]
+    return [g, gamma, x_hat, delta, m, mask, *old, not v.first]
 
 
-def _bwd_bpi(d: Draw, first, hard, masked, extra):
-    x_hat, _ = d.inputs(first)
-    _, m, _ = d.weights(masked)
+def _bwd_bpi(d: Draw, v: Variant) -> list:
+    x_hat, _ = d.inputs(v.first)
+    _, m, _ = d.weights(v.masked)
     omega, var = d.preact()
-    return [d.b_top(hard), omega, var, x_hat, m, hard, not first]
+    return [d.b_top(v.hard), omega, var, x_hat, m, v.hard, not v.first]
 
 
-def _bwd_bp(d: Draw, first, hard, masked, extra):
-    x_in = d.x_in(first)
-    m_cav, b_cav = d.cavity_state(first)
-    omega, var = d.preact()
-    return [d.b_top(hard), omega, var, x_in, b_cav, m_cav, hard, not first]
-
-
-def _cavity_update(d: Draw, first, hard, masked, extra):
-    x_in = d.x_in(first)
-    m_cav, b_cav = d.cavity_state(first)
-    omega, var = d.preact()
-    b = None if first else d.randn(d.B, d.N)
-    mask = d.mask() if masked else None
-    return [m_cav, b_cav, d.b_top(hard), omega, var, x_in, b, d.field(d.K, d.N), mask, 0.8, hard]
-
-
-def _field_update(d: Draw, first, hard, masked, extra, damp_field=False):
-    H, m, mask = d.weights(masked)
-    prior = d.field(d.K, d.N) if extra else None
-    return [H, m, d.randn(d.K, d.N, scale=3.0), prior, mask, 0.9, 0.1 if extra else 0.0, 0.8, damp_field]
-
-
-def _omega_bp(d: Draw, first, hard, masked, extra):
-    x_in = d.x_in(first)
-    m_cav, b_cav = d.cavity_state(first)
+def _omega_bp(d: Draw, v: Variant) -> list:
+    x_in = d.x_in(v.first)
+    m_cav, b_cav = d.cavity_state(v.first)
     return [x_in, b_cav, m_cav]
 
 
-# One builder per operator: (draw, first, hard, masked, extra) -> arguments in schema order.
-BUILDERS: dict[str, Callable[..., list]] = {
-    "bp_linear_input": lambda d, first, hard, masked, extra: [d.upfield(d.B, d.N), d.upfield(d.B, d.N) if extra else None],
+def _bwd_bp(d: Draw, v: Variant) -> list:
+    x_in, b_cav, m_cav = _omega_bp(d, v)
+    omega, var = d.preact()
+    return [d.b_top(v.hard), omega, var, x_in, b_cav, m_cav, v.hard, not v.first]
+
+
+def _cavity_update(d: Draw, v: Variant) -> list:
+    x_in, b_cav, m_cav = _omega_bp(d, v)
+    omega, var = d.preact()
+    b = None if v.first else d.randn(d.B, d.N)
+    mask = d.mask() if v.masked else None
+    return [m_cav, b_cav, d.b_top(v.hard), omega, var, x_in, b, d.field(d.K, d.N), mask, 0.8, v.hard]
+
+
+def _field_update(d: Draw, v: Variant) -> list:
+    H, m, mask = d.weights(v.masked)
+    prior = d.field(d.K, d.N) if v.extra else None
+    return [H, m, d.randn(d.K, d.N, scale=3.0), prior, mask, 0.9, 0.1 if v.extra else 0.0, 0.8, v.damp_field]
+
+
+# One builder per operator: (draw, variant) -> arguments in schema order.
+BUILDERS: dict[str, Callable[[Draw, Variant], list]] = {
+    "bp_linear_input": lambda d, v: [d.upfield(d.B, d.N), d.upfield(d.B, d.N) if v.extra else None],
     "bp_linear_fwd": _fwd,
     "bp_linear_fwd_amp": _fwd_amp,
-    "bp_upfield": lambda d, first, hard, masked, extra: list(d.preact()),
-    "bp_output": lambda d, first, hard, masked, extra: [d.b_top(hard), *d.preact(), hard],
-    "bp_argmax_output": lambda d, first, hard, masked, extra: [*d.preact(), d.randint(d.K, d.B)],
-    "bp_linear_bwd_mf": lambda d, first, hard, masked, extra: [d.randn(d.B, d.K), d.inputs(first)[0], d.weights(masked)[1], not first],
+    "bp_upfield": lambda d, v: list(d.preact()),
+    "bp_output": lambda d, v: [d.b_top(v.hard), *d.preact(), v.hard],
+    "bp_argmax_output": lambda d, v: [*d.preact(), d.randint(d.K, d.B)],
+    "bp_linear_bwd_mf": _bwd_mf,
     "bp_linear_bwd_amp": _bwd_amp,
     "bp_linear_bwd_bpi": _bwd_bpi,
     "bp_linear_omega_bp": _omega_bp,
@@ -210,7 +221,7 @@ BUILDERS: dict[str, Callable[..., list]] = {
     "bp_cavity_update_": _cavity_update,
     "bp_field_update_": _field_update,
     "bp_bayes_fwd": _fwd,
-    "bp_weight_var": lambda d, first, hard, masked, extra: list(d.weights(masked)[1:]),
+    "bp_weight_var": lambda d, v: list(d.weights(v.masked)[1:]),
 }
 
 
@@ -224,10 +235,8 @@ def build_args(op: str, shape: tuple[int, int, int], seed: int = 0, *, saturated
     masked: a 0/1 weight mask; extra: the optional inputs of :func:`optional_inputs` given (AMP's
     old state, the field prior, ...); damp_field: the field update's flag (default: seed odd)."""
     B, N, K = shape
-    d = Draw(B, N, K, seed, saturated, device)
-    if op == "bp_field_update_":
-        return _field_update(d, first, hard, masked, extra, bool(seed % 2) if damp_field is None else damp_field)
-    return BUILDERS[op](d, first, hard, masked, extra)
+    damp_field = bool(seed % 2) if damp_field is None else damp_field
+    return BUILDERS[op](Draw(B, N, K, seed, saturated, device), Variant(first, hard, masked, extra, damp_field))
 
 
 def cast(a, dtype: torch.dtype, device):
