@@ -36,8 +36,8 @@ class BPLayer(nn.Module):
     """Base of the message-passing layers (``BPLinear``, :class:`bpkernels.conv.BPConv2d`).
 
     Holds the weight marginals as buffers ``field`` H, ``mag`` m (and ``mask``) of shape
-    [K, *fan_in] (σ = (1 − m²)·mask is derived: :attr:`sigma`) (K output units) and runs the mp_* protocol of
-    :meth:`BPSequential.bp_step`. The operators see the weights as [K, N] matrices (N the
+    [K, *fan_in] (K output units; σ = (1 − m²)·mask is derived, :attr:`sigma`) and runs the mp_*
+    protocol of :meth:`BPSequential.bp_step`. The operators see the weights as [K, N] matrices (N the
     fan-in) and the messages as an effective batch of rows, one factor per (row, unit): a
     subclass maps its activations to rows and back with four hooks, ``_input_rows`` /
     ``_input_unrows`` ([B, *in_shape] <-> [R, N]) and ``_output_rows`` / ``_output_unrows``
