@@ -34,7 +34,7 @@ def want_cuda() -> bool:
 
 def extensions():
     use_cuda = want_cuda()
-    sources = ["csrc/ops.cpp", "csrc/linear_composite.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    sources = ["csrc/ops.cpp", "csrc/checks.cpp", "csrc/linear_composite.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     opt = ["-O0", "-g"] if DEBUG else ["-O3"]
     # -fno-math-errno: sqrt becomes one instruction (and vectorises); nothing reads errno.
     cxx = opt + ["-fopenmp", "-fno-math-errno", "-DBPK_WITH_PYTHON"]

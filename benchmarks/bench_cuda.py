@@ -31,73 +31,28 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-OPS = [
-    "bp_linear_input", "bp_linear_fwd", "bp_linear_fwd_amp", "bp_upfield", "bp_output",
-    "bp_argmax_output", "bp_linear_bwd_mf", "bp_linear_bwd_amp", "bp_linear_bwd_bpi",
-    "bp_linear_bwd_bpi_hard", "bp_linear_omega_bp", "bp_linear_bwd_bp", "bp_cavity_update_",
-    "bp_field_update_", "bp_bayes_fwd",
-]
+from bpkernels import testing  # noqa: E402
+
+OPS = [*testing.OPS, "bp_linear_bwd_bpi_hard"]  # + the BPI kernel on hard labels
 CAVITY = {"bp_linear_bwd_bpi", "bp_linear_bwd_bpi_hard", "bp_linear_omega_bp", "bp_linear_bwd_bp",
           "bp_cavity_update_"}  # one ĝ (or x̃) per (k, i, a)
 
 
 def make_inputs(op: str, B: int, N: int, K: int, dtype: torch.dtype, seed: int = 0) -> list:
-    """Arguments of ``op`` for a hidden layer N → K at batch B, drawn on the GPU."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    opt = dict(device="cuda", dtype=dtype)
-
-    def randn(*shape, scale=1.0):
-        return torch.randn(*shape, generator=g, **opt) * scale
-
-    def rand(*shape):
-        return torch.rand(*shape, generator=g, **opt)
-
-    H = randn(K, N, scale=1.5)
-    m = torch.tanh(H)
-    sigma = 1.0 - m.square()
-    x_hat = torch.tanh(randn(B, N, scale=2.0))
-    delta = 1.0 - x_hat.square()
-    var = N * (0.2 + 1.3 * rand(B, K))
-    omega = var.sqrt() * (6.0 * rand(B, K) - 3.0)
-    b_top = randn(B, K, scale=2.0)
-    if op == "bp_linear_input":
-        return [randn(B, N, scale=2.0), randn(B, N)]
-    if op in ("bp_linear_fwd", "bp_bayes_fwd"):
-        return [x_hat, delta, m, sigma]
-    if op == "bp_linear_fwd_amp":
-        return [x_hat, delta, m, sigma, randn(B, K, scale=0.5), torch.tanh(randn(B, N)), torch.tanh(randn(K, N))]
-    if op == "bp_upfield":
-        return [omega, var]
-    if op == "bp_output":
-        return [b_top, omega, var, False]
-    if op == "bp_argmax_output":
-        return [omega, var, torch.randint(0, K, (B,), generator=g, device="cuda")]
-    if op == "bp_linear_bwd_mf":
-        return [randn(B, K), x_hat, m, True]
-    if op == "bp_linear_bwd_amp":
-        return [randn(B, K), rand(B, K), x_hat, delta, m, sigma, randn(B, K, scale=0.5),
-                torch.tanh(randn(B, N)), torch.tanh(randn(K, N)), True]
-    if op == "bp_linear_bwd_bpi":
-        return [b_top, omega, var, x_hat, m, False, True]
+    """Arguments of ``op`` for a hidden layer N → K at batch B, drawn on the GPU
+    (bpkernels.testing; AMP with its old state, the field update with a prior)."""
     if op == "bp_linear_bwd_bpi_hard":
-        return [torch.where(b_top < 0, -1.0, 1.0).to(dtype), omega, var, x_hat, m, True, True]
-    bp_state = op in ("bp_linear_omega_bp", "bp_linear_bwd_bp", "bp_cavity_update_")
-    m_cav = torch.tanh(randn(K, N, B, scale=1.5)) if bp_state else None  # [K, N, B]
-    b_cav = randn(K, N, B, scale=0.7) if bp_state else None
-    u_below = randn(B, N, scale=2.0)
-    if op == "bp_linear_omega_bp":
-        return [u_below, b_cav, m_cav]
-    if op == "bp_linear_bwd_bp":
-        return [b_top, omega, var, u_below, b_cav, m_cav, False, True]
-    if op == "bp_cavity_update_":
-        return [m_cav, b_cav, b_top, omega, var, u_below, randn(B, N), H, None, 0.8, False]
-    if op == "bp_field_update_":
-        return [H, m, sigma, randn(K, N, scale=3.0), H.clone(), None, 1.0, 0.0, 0.8, False]
-    raise KeyError(op)
+        return testing.make_inputs("bp_linear_bwd_bpi", B, N, K, dtype, "cuda", seed, hard=True)
+    return testing.make_inputs(op, B, N, K, dtype, "cuda", seed)
+
+
+def base_op(op: str) -> str:
+    """The operator behind a benchmark entry."""
+    return "bp_linear_bwd_bpi" if op == "bp_linear_bwd_bpi_hard" else op
 
 
 def op_fn(module, op: str):
-    return getattr(module, "bp_linear_bwd_bpi" if op == "bp_linear_bwd_bpi_hard" else op)
+    return getattr(module, base_op(op))
 
 
 def clones(args: list) -> list:
@@ -109,11 +64,7 @@ def outputs(module, op: str, args: list) -> list:
     args = clones(args)
     out = op_fn(module, op)(*args)
     outs = [] if out is None else list(out) if isinstance(out, (tuple, list)) else [out]
-    if op == "bp_cavity_update_":
-        outs += [args[0], args[1]]
-    if op == "bp_field_update_":
-        outs += args[:3]
-    return outs
+    return outs + [args[i] for i in testing.mutated_args(base_op(op)) if args[i] is not None]
 
 
 def peak_bytes(fn, args: list) -> int:
@@ -144,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from bpkernels import ops, reference
 
     missing = [op for op in OPS if op != "bp_linear_bwd_bpi_hard"
-               and not torch._C._dispatch_has_kernel_for_dispatch_key(f"bpkernels::{op}", "CUDA")]
+               and not torch._C._dispatch_has_computed_kernel_for_dispatch_key(f"bpkernels::{op}", "CUDA")]
     if missing:
         sys.exit(f"bench_cuda.py: the extension has no CUDA kernels for {missing}; rebuild it with CUDA "
                  "(CUDA_HOME=/usr/local/cuda pip install -e . --no-build-isolation)")

@@ -21,73 +21,23 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from bpkernels import ops, reference  # noqa: E402
+from bpkernels import ops, reference, testing  # noqa: E402
 
 CASES = {"784->501": (128, 784, 501), "1024->1024": (128, 1024, 1024)}  # name: (B, N, K)
 QUICK_CASES = {"quick 33->17": (8, 33, 17)}
 
 
-def make_inputs(op: str, B: int, N: int, K: int, dtype, device, seed: int = 0):
-    """Realistic arguments of ``op`` for a hidden layer (soft b_top; labels for the argmax op):
-    fields H ~ N(0, 1), inputs x̂ = tanh(u) with u ~ N(0, 1), ω and V from the forward."""
-    g = torch.Generator().manual_seed(seed)
-
-    def randn(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
-
-    H = randn(K, N)
-    m = torch.tanh(H)
-    sigma = 1.0 - m.square()
-    u = randn(B, N)
-    x_hat = torch.tanh(u)
-    delta = 1.0 - x_hat.square()
-    omega, var, _ = reference.bp_linear_fwd(x_hat, delta, m, sigma)
-    b_top = randn(B, K, scale=2.0)
-    g_out, gamma = reference.bp_output(b_top, omega, var, False)
-
-    def cavity():
-        return torch.tanh(randn(K, N, B)), randn(K, N, B, scale=0.5)
-
-    if op == "bp_linear_input":
-        return [u, randn(B, N)]
-    if op in ("bp_linear_fwd", "bp_bayes_fwd"):
-        return [x_hat, delta, m, sigma]
-    if op == "bp_linear_fwd_amp":
-        return [x_hat, delta, m, sigma, randn(B, K, scale=0.3), torch.tanh(randn(B, N)), torch.tanh(randn(K, N))]
-    if op == "bp_upfield":
-        return [omega, var]
-    if op == "bp_output":
-        return [b_top, omega, var, False]
-    if op == "bp_argmax_output":
-        return [omega, var, torch.randint(0, K, (B,), generator=g).to(device)]
-    if op == "bp_linear_bwd_mf":
-        return [g_out, x_hat, m, True]
-    if op == "bp_linear_bwd_amp":
-        return [g_out, gamma, x_hat, delta, m, sigma, None, None, None, True]
-    if op == "bp_linear_bwd_bpi":
-        return [b_top, omega, var, x_hat, m, False, True]
-    if op == "bp_linear_omega_bp":
-        m_cav, b_cav = cavity()
-        return [u, b_cav, m_cav]
-    if op == "bp_linear_bwd_bp":
-        m_cav, b_cav = cavity()
-        return [b_top, omega, var, u, b_cav, m_cav, False, True]
-    if op == "bp_cavity_update_":
-        m_cav, b_cav = cavity()
-        return [m_cav, b_cav, b_top, omega, var, u, randn(B, N), H, None, 0.8, False]
-    if op == "bp_field_update_":
-        return [H, m, sigma, randn(K, N), None, None, 1.0, 0.0, 0.8, False]
-    raise KeyError(op)
-
-
-OPS = [
-    "bp_linear_input", "bp_linear_fwd", "bp_linear_fwd_amp", "bp_upfield", "bp_output", "bp_argmax_output",
-    "bp_linear_bwd_mf", "bp_linear_bwd_amp", "bp_linear_bwd_bpi", "bp_linear_omega_bp", "bp_linear_bwd_bp",
-    "bp_cavity_update_", "bp_field_update_", "bp_bayes_fwd",
-]
-INPLACE = {"bp_cavity_update_": (0, 1), "bp_field_update_": (0, 1, 2)}
+# The call each op is timed on (bpkernels.testing builds the inputs): a hidden layer, soft
+# b_top, no mask; AMP's backward at its first inner iteration (no old state) and the field
+# update with the posterior-as-prior θ = ρH (no separate prior).
+VARIANT = {"bp_linear_bwd_amp": dict(extra=False), "bp_field_update_": dict(extra=False)}
+OPS = testing.OPS
 # Elements processed per call, for the throughput column: the cavity ops visit K·N·B edges.
 CAVITY_OPS = {"bp_linear_bwd_bpi", "bp_linear_omega_bp", "bp_linear_bwd_bp", "bp_cavity_update_"}
+
+
+def make_inputs(op: str, B: int, N: int, K: int, dtype, device, seed: int = 0) -> list:
+    return testing.make_inputs(op, B, N, K, dtype, device, seed, **VARIANT.get(op, {}))
 
 
 def results_of(impl, op, args):
@@ -95,7 +45,7 @@ def results_of(impl, op, args):
     args = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
     out = getattr(impl, op)(*args)
     out = () if out is None else (tuple(out) if isinstance(out, (tuple, list)) else (out,))
-    return out + tuple(args[i] for i in INPLACE.get(op, ()) if args[i] is not None)
+    return out + tuple(args[i] for i in testing.mutated_args(op) if args[i] is not None)
 
 
 def bench(case: str, shape, op: str, dtype, device, min_run_time: float, info: dict) -> dict:

@@ -16,14 +16,14 @@ def _(u, b):
 
 
 @torch.library.register_fake(_lib + "bp_linear_fwd")
-def _(x_hat, delta, mag, sigma):
+def _(x_hat, delta, mag, mask):
     torch._check(x_hat.shape[1] == mag.shape[1])
     out = x_hat.new_empty(x_hat.shape[0], mag.shape[0])
     return out, torch.empty_like(out), torch.empty_like(out)
 
 
 @torch.library.register_fake(_lib + "bp_linear_fwd_amp")
-def _(x_hat, delta, mag, sigma, g_old, x_hat_old, mag_old):
+def _(x_hat, delta, mag, mask, g_old, x_hat_old, mag_old):
     out = x_hat.new_empty(x_hat.shape[0], mag.shape[0])
     return out, torch.empty_like(out), torch.empty_like(out)
 
@@ -49,7 +49,7 @@ def _(g, x_hat, mag, compute_b):
 
 
 @torch.library.register_fake(_lib + "bp_linear_bwd_amp")
-def _(g, gamma, x_hat, delta, mag, sigma, g_old, x_hat_old, mag_old, compute_b):
+def _(g, gamma, x_hat, delta, mag, mask, g_old, x_hat_old, mag_old, compute_b):
     return _b_out(x_hat, compute_b), x_hat.new_empty(mag.shape)
 
 
@@ -74,14 +74,19 @@ def _(mag_cav, b_cav, b_top, omega, var, x_in, b, field, mask, psi, hard):
 
 
 @torch.library.register_fake(_lib + "bp_field_update_")
-def _(field, mag, sigma, h_in, field_prior, mask, rho, r, psi, damp_field):
+def _(field, mag, h_in, field_prior, mask, rho, r, psi, damp_field):
     return field.new_empty(())
 
 
 @torch.library.register_fake(_lib + "bp_bayes_fwd")
-def _(x_hat, delta, mag, sigma):
+def _(x_hat, delta, mag, mask):
     out = x_hat.new_empty(x_hat.shape[0], mag.shape[0])
     return out, torch.empty_like(out)
+
+
+@torch.library.register_fake(_lib + "bp_weight_var")
+def _(mag, mask):
+    return torch.empty_like(mag, memory_format=torch.contiguous_format)
 
 
 # ---- packed (XNOR-popcount) inference ------------------------------------------------------

@@ -5,10 +5,11 @@ CPU and CUDA kernels on the GPU, and has a pure-PyTorch twin of the same name in
 :mod:`bpkernels.reference`. The maths is spec ``ALGORITHMS.md`` §2–§6.
 
 Shapes (batch-first): B samples, N inputs, K units. Activations x̂, Δ, u, b: [B, N];
-preactivation moments ω, V, g, Γ, b_top: [B, K]; field H, magnetisation m, variance σ, mask:
-[K, N]; BP cavity state m̃, b̃: [K, N, B]. All floating tensors of one call share dtype
-(float32 or float64) and device. None of these operators is differentiable: message passing
-replaces gradients.
+preactivation moments ω, V, g, Γ, b_top: [B, K]; field H, magnetisation m, mask: [K, N]; BP
+cavity state m̃, b̃: [K, N, B]. All floating tensors of one call share dtype (float32 or float64)
+and device. The weight variance σ = (1 − m²)·mask is derived from ``mag`` and ``mask`` inside
+every operator that needs it (:func:`bp_weight_var` computes it alone, with the same rounding).
+None of these operators is differentiable: message passing replaces gradients.
 """
 
 from __future__ import annotations
@@ -28,29 +29,21 @@ def bp_linear_input(u: Tensor, b: Tensor | None = None) -> tuple[Tensor, Tensor]
     return _ops.bp_linear_input.default(u, b)
 
 
-def bp_weight_var(mag, mask=None):  # TEMP shim until the kernel branch lands
-    field = torch.zeros_like(mag)
-    m, s = mag.clone(), torch.empty_like(mag)
-    _ops.bp_field_update_.default(field.view(mag.shape[0], -1), m.view(mag.shape[0], -1), s.view(mag.shape[0], -1),
-                                  field.view(mag.shape[0], -1), None,
-                                  None if mask is None else mask.view(mag.shape[0], -1), 1.0, 0.0, 1.0, False)
-    return s
-
-
 def bp_linear_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, mask: Tensor | None = None):
     r"""Preactivation moments and upward field (spec §4.0).
 
     .. math::
         \omega = \hat x\, m^\top,\quad V = \hat x^{2}\sigma^\top + \Delta\,(m^2+\sigma)^\top + \varepsilon,
-        \quad u = U(\omega, \sqrt V) = \operatorname{atanh}\operatorname{erf}\frac{\omega}{\sqrt{2V}}
+        \quad u = U(\omega, \sqrt V) = \operatorname{atanh}\operatorname{erf}\frac{\omega}{\sqrt{2V}},
+        \quad \sigma = (1 - m^2)\odot\mathrm{mask}
 
     Args:
         x_hat: [B, N] input means.  delta: [B, N] input variances, None for the first layer.
-        mag: [K, N] magnetisations m.  sigma: [K, N] variances σ = (1 − m²)·mask.
+        mag: [K, N] magnetisations m.  mask: [K, N] 0/1 weight mask, None for a dense layer.
     Returns:
         (omega, var, u), each [B, K].
     """
-    return _ops.bp_linear_fwd.default(x_hat, delta, mag, bp_weight_var(mag, mask))
+    return _ops.bp_linear_fwd.default(x_hat, delta, mag, mask)
 
 
 def bp_linear_fwd_amp(x_hat, delta, mag, mask, g_old, x_hat_old, mag_old):
@@ -60,9 +53,10 @@ def bp_linear_fwd_amp(x_hat, delta, mag, mask, g_old, x_hat_old, mag_old):
         \omega = \hat x m^\top - g^{old}\odot[(\hat x\odot\hat x^{old})\sigma^\top]
         - g^{old}\odot[\Delta (m\odot m^{old})^\top] + (g^{old})^2\odot[(\hat x^{old}\odot\Delta)(\sigma\odot m^{old})^\top]
 
-    Args: as :func:`bp_linear_fwd`, plus g_old [B, K], x_hat_old [B, N], mag_old [K, N].
+    Args: as :func:`bp_linear_fwd` (mask [K, N] or None), plus g_old [B, K], x_hat_old [B, N],
+    mag_old [K, N].
     """
-    return _ops.bp_linear_fwd_amp.default(x_hat, delta, mag, bp_weight_var(mag, mask), g_old, x_hat_old, mag_old)
+    return _ops.bp_linear_fwd_amp.default(x_hat, delta, mag, mask, g_old, x_hat_old, mag_old)
 
 
 def bp_upfield(omega: Tensor, var: Tensor) -> Tensor:
@@ -113,10 +107,11 @@ def bp_linear_bwd_mf(g: Tensor, x_hat: Tensor, mag: Tensor, compute_b: bool = Tr
     return _ops.bp_linear_bwd_mf.default(g, x_hat, mag, compute_b)
 
 
-def bp_linear_bwd_amp(g, gamma, x_hat, delta, mag, mask, g_old=None, x_hat_old=None, mag_old=None,
-                      compute_b: bool = True):
+def bp_linear_bwd_amp(g, gamma, x_hat, delta, mag, mask=None, g_old=None, x_hat_old=None,
+                      mag_old=None, compute_b: bool = True):
     r"""AMP backward (spec §4.4): MF plus the self-reaction terms, and the Onsager terms when the
-    previous iteration's (g_old [B, K], x_hat_old [B, N], mag_old [K, N]) are given:
+    previous iteration's (g_old [B, K], x_hat_old [B, N], mag_old [K, N]) are given
+    (g, gamma [B, K], x_hat, delta [B, N], mag and mask [K, N] as :func:`bp_linear_fwd`):
 
     .. math::
         b = g m + \hat x\odot(\Gamma m^2) - \hat x^{old}\odot((g\odot g^{old})\sigma)
@@ -124,8 +119,11 @@ def bp_linear_bwd_amp(g, gamma, x_hat, delta, mag, mask, g_old=None, x_hat_old=N
 
         H_{in} = g^\top\hat x + m\odot(\Gamma^\top\hat x^2) - m^{old}\odot((g\odot g^{old})^\top\Delta)
             - m\odot m^{old}\odot((g^{old}\odot\Gamma)^\top(\Delta\odot\hat x))
+
+    with σ = (1 − m²)·mask. ``compute_b=False`` (first layer) returns an empty [B, 0] b.
+    Returns (b [B, N], h_in [K, N]).
     """
-    return _ops.bp_linear_bwd_amp.default(g, gamma, x_hat, delta, mag, bp_weight_var(mag, mask), g_old, x_hat_old,
+    return _ops.bp_linear_bwd_amp.default(g, gamma, x_hat, delta, mag, mask, g_old, x_hat_old,
                                           mag_old, compute_b)
 
 
@@ -183,19 +181,27 @@ def bp_field_update_(field, mag, h_in, field_prior=None, mask=None, rho: float =
         H \leftarrow H_{in} + rH + \rho H^{prior},\qquad m \leftarrow [\psi m + (1-\psi)\tanh H]\odot\mathrm{mask}
 
     or, with ``damp_field`` (argmax output layer), :math:`H \leftarrow \psi H + (1-\psi)(H_{in} + rH + \rho H^{prior})`,
-    :math:`m \leftarrow \tanh(H)\odot\mathrm{mask}`; then :math:`\sigma \leftarrow (1-m^2)\odot\mathrm{mask}`.
-    ``field_prior=None`` means :math:`H^{prior} = H` (the posterior-as-prior θ = ρH of the first inner
-    iteration). field, mag, sigma [K, N] are updated in place (contiguous).
+    :math:`m \leftarrow \tanh(H)\odot\mathrm{mask}`. ``field_prior=None`` means :math:`H^{prior} = H`
+    (the posterior-as-prior θ = ρH of the first inner iteration). field and mag [K, N] are updated in
+    place (contiguous); h_in, field_prior and mask are [K, N] (mask None: dense).
 
     Returns:
         The convergence monitor :math:`\delta = \mathrm{mean}\,|m_{new} - m_{old}|` as a 0-dim tensor.
     """
-    return _ops.bp_field_update_.default(field, mag, torch.empty_like(mag), h_in, field_prior, mask, rho, r, psi,
+    return _ops.bp_field_update_.default(field, mag, h_in, field_prior, mask, rho, r, psi,
                                          damp_field)
 
 
 def bp_bayes_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, mask: Tensor | None = None):
     r"""Bayesian moment propagation through one layer (spec §6):
     :math:`\hat x' = \operatorname{erf}(\omega/\sqrt{2V})`, :math:`\Delta' = 1 - \hat x'^2` with ω, V as
-    :func:`bp_linear_fwd`. Returns (x_hat_out, delta_out), each [B, K]."""
-    return _ops.bp_bayes_fwd.default(x_hat, delta, mag, bp_weight_var(mag, mask))
+    :func:`bp_linear_fwd` (x_hat, delta [B, N], mag, mask [K, N]). Returns (x_hat_out, delta_out),
+    each [B, K]."""
+    return _ops.bp_bayes_fwd.default(x_hat, delta, mag, mask)
+
+
+def bp_weight_var(mag: Tensor, mask: Tensor | None = None) -> Tensor:
+    r"""Weight variance :math:`\sigma = (1 - m^2)\odot\mathrm{mask}`, element-wise: the σ that every
+    operator above derives from (mag, mask), bit for bit. mag of any shape ([K, N], or a conv
+    layer's [K, C, kh, kw]); mask of the same shape, or None (σ = 1 − m²). Returns σ, mag's shape."""
+    return _ops.bp_weight_var.default(mag, mask)

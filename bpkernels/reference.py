@@ -58,9 +58,11 @@ def bp_linear_input(u: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor]:
     return x_hat, 1.0 - x_hat.square()
 
 
-def bp_weight_var(mag: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Spec for ``bpkernels::bp_weight_var``: σ = (1 − m²)·mask."""
-    sigma = 1.0 - mag.square()
+def bp_weight_var(mag: Tensor, mask: Tensor | None) -> Tensor:
+    """Spec for ``bpkernels::bp_weight_var``: σ = (1 − m²)·mask (mask None: 1 − m²), evaluated as
+    (1 − m)(1 + m), which keeps its relative accuracy as |m| → 1 (1 − fl(m²) does not; the
+    kernels' fused 1 − m² does)."""
+    sigma = (1.0 - mag) * (1.0 + mag)
     return sigma if mask is None else sigma * mask
 
 
@@ -72,8 +74,9 @@ def _moments(x_hat, delta, mag, sigma):
     return omega, var + VAR_EPS
 
 
-def bp_linear_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, mask: Tensor | None = None):
-    """Spec for ``bpkernels::bp_linear_fwd``: ω = x̂ mᵀ, V = x̂² σᵀ + Δ(m² + σ)ᵀ + ε, u = U(ω, √V)."""
+def bp_linear_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, mask: Tensor | None):
+    """Spec for ``bpkernels::bp_linear_fwd``: ω = x̂ mᵀ, V = x̂² σᵀ + Δ(m² + σ)ᵀ + ε, u = U(ω, √V),
+    σ = (1 − m²)·mask."""
     omega, var = _moments(x_hat, delta, mag, bp_weight_var(mag, mask))
     return omega, var, upfield(omega, var.sqrt())
 
@@ -119,7 +122,7 @@ def bp_linear_bwd_mf(g: Tensor, x_hat: Tensor, mag: Tensor, compute_b: bool):
 
 
 def bp_linear_bwd_amp(g, gamma, x_hat, delta, mag, mask, g_old, x_hat_old, mag_old, compute_b):
-    """Spec for ``bpkernels::bp_linear_bwd_amp`` (spec §4.4)."""
+    """Spec for ``bpkernels::bp_linear_bwd_amp`` (spec §4.4), σ = (1 − m²)·mask."""
     sigma = bp_weight_var(mag, mask)
     h_in = g.T @ x_hat + mag * (gamma.T @ x_hat.square())
     b = g @ mag + x_hat * (gamma @ mag.square()) if compute_b else x_hat.new_empty(x_hat.shape[0], 0)
@@ -196,7 +199,7 @@ def bp_field_update_(field, mag, h_in, field_prior, mask, rho: float, r: float, 
     return change
 
 
-def bp_bayes_fwd(x_hat, delta, mag, mask=None):
+def bp_bayes_fwd(x_hat, delta, mag, mask):
     """Spec for ``bpkernels::bp_bayes_fwd``: x̂ = erf(ω/√(2V)), Δ = 1 − x̂² (spec §6)."""
     omega, var = _moments(x_hat, delta, mag, bp_weight_var(mag, mask))
     x_out = torch.erf(omega / (2.0 * var).sqrt())

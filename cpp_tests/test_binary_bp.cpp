@@ -311,4 +311,28 @@ TYPED_TEST(BinaryBpTyped, FieldUpdateDampedField) {
   EXPECT_EQ(bpk::field_update_damped_field(field, T(1), T(2), T(0), T(0.9), T(0), T(0.8)), T(0));
 }
 
+TYPED_TEST(BinaryBpTyped, WeightVariance) {
+  using T = TypeParam;
+  // σ = (1 − m²)·mask: 0 for a masked or a saturated weight, 1 at m = 0.
+  EXPECT_EQ(bpk::weight_variance(T(0.5), T(1)), T(0.75));
+  EXPECT_EQ(bpk::weight_variance(T(-0.5), T(0)), T(0));
+  EXPECT_EQ(bpk::weight_variance(T(1), T(1)), T(0));
+  EXPECT_EQ(bpk::weight_variance(T(0), T(1)), T(1));
+  EXPECT_REL(bpk::weight_variance(std::tanh(T(0.4)), T(1)), 1.0 - std::pow(std::tanh(0.4), 2), rel_tol<T>());
+}
+
+TYPED_TEST(BinaryBpTyped, CavityHelpers) {
+  using T = TypeParam;
+  // x̃ = tanh(x_in + b̃) for a hidden layer, x_in itself for the first layer (no b̃).
+  const T b_cav[2] = {T(0.3), T(-0.1)};
+  EXPECT_REL(bpk::cavity_input(T(0.2), b_cav, 1), std::tanh(0.1), rel_tol<T>());
+  EXPECT_EQ(bpk::cavity_input(T(0.2), static_cast<const T*>(nullptr), 1), T(0.2));
+  // ω̃ = ω − m x.
+  EXPECT_EQ(bpk::cavity_omega(T(1.5), T(0.5), T(-2)), T(2.5));
+  // m̃ ← ψ m̃ + (1 − ψ) tanh(H − ĝ x̃)·mask.
+  EXPECT_REL(bpk::cavity_mag_update(T(0.3), T(0.9), T(0.4), T(0.5), T(1), T(0.8)),
+             0.8 * 0.3 + 0.2 * std::tanh(0.9 - 0.4 * 0.5), rel_tol<T>());
+  EXPECT_REL(bpk::cavity_mag_update(T(0.3), T(0.9), T(0.4), T(0.5), T(0), T(0.8)), 0.8 * 0.3, rel_tol<T>());
+}
+
 }  // namespace

@@ -1,28 +1,106 @@
 // Accuracy tests for bpkernels/special.h (bpk::erfcx, bpk::vexp) against 50-digit mpmath values
-// (special_values.h, written by gen_special_values.py) and dense cross-checks; bpk::vlog,
-// vlog1p and vtanh for float against the libm functions in double, in float ulps.
+// (cpp_tests/special_values.bin, written by gen_special_values.py, read at run time from the
+// path in BPK_SPECIAL_VALUES) and dense cross-checks; bpk::vlog, vlog1p and vtanh for float
+// against the libm functions in double, in float ulps.
 //
 // Build standalone (from the repository root):
-//   g++ -std=c++20 -O2 -Icsrc/include cpp_tests/test_special.cpp -lgtest -lgtest_main -pthread
+//   g++ -std=c++20 -O2 -Icsrc/include -DBPK_SPECIAL_VALUES='"cpp_tests/special_values.bin"' \
+//       cpp_tests/test_special.cpp -lgtest -lgtest_main -pthread
 // Every accuracy test prints its measured maximum relative error ("[ stats ]" lines).
 #include "bpkernels/special.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <limits>
+#include <map>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "special_values.h"
+#ifndef BPK_SPECIAL_VALUES
+#error "BPK_SPECIAL_VALUES must name cpp_tests/special_values.bin (CMakeLists.txt defines it)"
+#endif
 
 namespace {
 
-using bpk_test::RefPoint;
+// ---- the reference values (special_values.bin, format in gen_special_values.py) -------------
+
+// value = mantissa * 2^exponent, mantissa in [0.5, 1); exponents above kExpCap are capped at it
+// (the value overflows every floating-point type).
+struct RefPoint {
+  double x;
+  double mantissa;
+  int exponent;
+};
+
+constexpr int kExpCap = 100000;
+
+using Tables = std::map<std::string, std::vector<RefPoint>>;
+
+Tables read_tables(const char* path) {
+  static_assert(std::endian::native == std::endian::little, "special_values.bin is little-endian");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(std::string("cannot open ") + path);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::size_t pos = 0;
+  auto take = [&](void* dst, std::size_t n) {
+    if (pos + n > bytes.size()) throw std::runtime_error(std::string(path) + " is truncated");
+    std::memcpy(dst, bytes.data() + pos, n);
+    pos += n;
+  };
+  char magic[8];
+  take(magic, 8);
+  if (std::memcmp(magic, "BPKSV1\0\0", 8) != 0) throw std::runtime_error(std::string(path) + ": bad magic");
+  std::uint32_t n_tables = 0, exp_cap = 0;
+  take(&n_tables, 4);
+  take(&exp_cap, 4);
+  if (exp_cap != kExpCap) throw std::runtime_error(std::string(path) + ": unexpected exponent cap");
+  Tables tables;
+  for (std::uint32_t t = 0; t < n_tables; ++t) {
+    char name[17] = {};
+    std::uint64_t n = 0;
+    take(name, 16);
+    take(&n, 8);
+    std::vector<RefPoint>& rows = tables[name];
+    rows.resize(n);
+    for (RefPoint& r : rows) {
+      std::int32_t e = 0;
+      take(&r.x, 8);
+      take(&r.mantissa, 8);
+      take(&e, 4);
+      r.exponent = e;
+    }
+  }
+  if (pos != bytes.size()) throw std::runtime_error(std::string(path) + ": trailing bytes");
+  return tables;
+}
+
+// The table `name` of special_values.bin (read once); throws if the file or the table is missing,
+// so that every test using it fails.
+const std::vector<RefPoint>& ref_table(const char* name) {
+  static const Tables tables = read_tables(BPK_SPECIAL_VALUES);
+  const auto it = tables.find(name);
+  if (it == tables.end() || it->second.empty()) {
+    throw std::runtime_error(std::string("special_values.bin has no table ") + name);
+  }
+  return it->second;
+}
+
+// The file holds every table, each with all the points of the generator's grids.
+TEST(ReferenceValues, EveryTableIsComplete) {
+  const std::pair<const char*, std::size_t> expected[] = {
+      {"kErfcxF64", 9571}, {"kErfcxF32", 5736}, {"kTwoExpSqF64", 1959},
+      {"kTwoExpSqF32", 1085}, {"kExpF32", 3018}};
+  for (const auto& [name, n] : expected) EXPECT_EQ(ref_table(name).size(), n) << name;
+}
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr double kTolErfcxF64 = 1e-13;
@@ -53,7 +131,7 @@ double rel_error(T got, double mantissa, int exponent) {
 // The same for a reference given as a double (finite and >= 0, or +inf meaning "overflows T").
 template <typename T>
 double rel_error(T got, double ref) {
-  if (std::isinf(ref)) return rel_error(got, 0.75, bpk_test::kExpCap);
+  if (std::isinf(ref)) return rel_error(got, 0.75, kExpCap);
   if (ref == 0.0) {
     return std::isnan(got) ? kInf : std::fabs(double(got)) / double(std::numeric_limits<T>::min());
   }
@@ -90,9 +168,10 @@ struct Region {
 
 // Evaluates f over the table (through an array loop, as the kernels do), checks max error <= tol
 // (reporting the first few offending points) and prints per-region maxima.
-template <typename T, typename F, std::size_t N>
-void check_table(const char* what, const RefPoint (&table)[N], F f, double tol,
+template <typename T, typename F>
+void check_table(const char* what, const std::vector<RefPoint>& table, F f, double tol,
                  const std::vector<Region>& regions) {
+  const std::size_t N = table.size();
   std::vector<T> xs(N), ys(N);
   for (std::size_t i = 0; i < N; ++i) xs[i] = T(table[i].x);
   for (std::size_t i = 0; i < N; ++i) ys[i] = f(xs[i]);
@@ -159,13 +238,13 @@ const std::vector<Region> kRegionsF32 = {
 // ------------------------------------------------------------------------------------------------
 
 TEST(ErfcxDouble, MatchesMpmath) {
-  check_table<double>("erfcx<double> vs mpmath", bpk_test::kErfcxF64,
+  check_table<double>("erfcx<double> vs mpmath", ref_table("kErfcxF64"),
                       [](double x) { return bpk::erfcx(x); }, kTolErfcxF64, kRegionsF64);
 }
 
 TEST(ErfcxDouble, AroundAsymptoticSwitch) {
   std::vector<RefPoint> near;
-  for (const auto& p : bpk_test::kErfcxF64) {
+  for (const auto& p : ref_table("kErfcxF64")) {
     if (p.x >= 9.9 && p.x <= 10.1) near.push_back(p);
   }
   ASSERT_GT(near.size(), 200u);
@@ -180,7 +259,7 @@ TEST(ErfcxDouble, OverflowBoundary) {
   // accurate above, +inf below (within the tolerance band at the crossing).
   ErrorStats s{"erfcx<double> -26.66 <= x <= -26.60"};
   int finite = 0, inf = 0;
-  for (const auto& p : bpk_test::kErfcxF64) {
+  for (const auto& p : ref_table("kErfcxF64")) {
     if (p.x < -26.66 || p.x > -26.60) continue;
     const double y = bpk::erfcx(p.x);
     (std::isinf(y) ? inf : finite) += 1;
@@ -220,7 +299,7 @@ TEST(ErfcxDouble, SpecialValues) {
 TEST(ErfcxDouble, SymmetryIdentity) {
   // erfcx(x) + erfcx(-x) = 2 exp(x^2) for 0 <= x <= 26.6 (where it is below DBL_MAX).
   ErrorStats s{"erfcx<double>(x) + erfcx(-x) vs 2exp(x^2)"};
-  for (const auto& p : bpk_test::kTwoExpSqF64) {
+  for (const auto& p : ref_table("kTwoExpSqF64")) {
     const double sum = bpk::erfcx(p.x) + bpk::erfcx(-p.x);
     s.add(p.x, rel_error(sum, p.mantissa, p.exponent));
   }
@@ -272,7 +351,7 @@ TEST(ErfcxDouble, MonotoneAndNeverNaN) {
 // ------------------------------------------------------------------------------------------------
 
 TEST(ErfcxFloat, MatchesMpmath) {
-  check_table<float>("erfcx<float> vs mpmath", bpk_test::kErfcxF32,
+  check_table<float>("erfcx<float> vs mpmath", ref_table("kErfcxF32"),
                      [](float x) { return bpk::erfcx(x); }, kTolErfcxF32, kRegionsF32);
 }
 
@@ -280,7 +359,7 @@ TEST(ErfcxFloat, OverflowBoundary) {
   // Crosses FLT_MAX at x = -9.382414...
   ErrorStats s{"erfcx<float> -9.45 <= x <= -9.30"};
   int finite = 0, inf = 0;
-  for (const auto& p : bpk_test::kErfcxF32) {
+  for (const auto& p : ref_table("kErfcxF32")) {
     if (p.x < -9.45 || p.x > -9.30) continue;
     const float y = bpk::erfcx(static_cast<float>(p.x));
     (std::isinf(y) ? inf : finite) += 1;
@@ -320,7 +399,7 @@ TEST(ErfcxFloat, SpecialValues) {
 TEST(ErfcxFloat, SymmetryIdentity) {
   // erfcx(x) + erfcx(-x) = 2 exp(x^2) for 0 <= x <= 9.3 (where it is below FLT_MAX).
   ErrorStats s{"erfcx<float>(x) + erfcx(-x) vs 2exp(x^2)"};
-  for (const auto& p : bpk_test::kTwoExpSqF32) {
+  for (const auto& p : ref_table("kTwoExpSqF32")) {
     const float x = static_cast<float>(p.x);
     const float sum = bpk::erfcx(x) + bpk::erfcx(-x);
     s.add(p.x, rel_error(sum, p.mantissa, p.exponent));
@@ -376,7 +455,7 @@ TEST(ErfcxFloat, MonotoneAndNeverNaN) {
 
 TEST(VexpFloat, MatchesMpmath) {
   const double ln_flt_min = std::log(double(std::numeric_limits<float>::min()));
-  check_table<float>("vexp<float> vs mpmath", bpk_test::kExpF32,
+  check_table<float>("vexp<float> vs mpmath", ref_table("kExpF32"),
                      [](float x) { return bpk::vexp(x); }, kTolVexpF32,
                      {{"x < ln(FLT_MIN) (subnormal)", -kInf, ln_flt_min},
                       {"x >= ln(FLT_MIN)", ln_flt_min, kInf}});

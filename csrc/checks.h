@@ -1,9 +1,9 @@
-// Input validation shared by every operator entry point (CPU and CUDA). Each failure names
-// the operator, the argument and what was expected.
+// Input validation of every operator, written once and called by every backend (CPU, CUDA, the
+// composite ops). Each failure names the operator, the argument and what was expected.
 #pragma once
 #include <ATen/ATen.h>
 
-#include <initializer_list>
+#include <optional>
 #include <string>
 
 namespace bpk {
@@ -22,7 +22,7 @@ class ArgChecker {
 
   // t must have the reference dtype and device and the given sizes; dims names them,
   // e.g. "[B, N]".
-  void operator()(const at::Tensor& t, const char* name, std::initializer_list<int64_t> sizes,
+  void operator()(const at::Tensor& t, const char* name, at::IntArrayRef sizes,
                   const char* dims) const {
     TORCH_CHECK(t.defined(), op_, ": ", name, " must be a defined tensor");
     check_sizes(t, name, sizes, dims);
@@ -33,14 +33,14 @@ class ArgChecker {
   }
 
   // As above, and t is updated in place, so it must also be contiguous.
-  void inplace(const at::Tensor& t, const char* name, std::initializer_list<int64_t> sizes,
+  void inplace(const at::Tensor& t, const char* name, at::IntArrayRef sizes,
                const char* dims) const {
     (*this)(t, name, sizes, dims);
     TORCH_CHECK(t.is_contiguous(), op_, ": ", name,
                 " is updated in place and must be contiguous");
   }
 
-  void check_sizes(const at::Tensor& t, const char* name, std::initializer_list<int64_t> sizes,
+  void check_sizes(const at::Tensor& t, const char* name, at::IntArrayRef sizes,
                    const char* dims) const {
     bool ok = t.dim() == static_cast<int64_t>(sizes.size());
     int64_t d = 0;
@@ -66,5 +66,54 @@ class ArgChecker {
   const char* op_;
   const at::Tensor& ref_;
 };
+
+// ---- the checks of each operator ------------------------------------------------------------
+// Each validates every argument of one operator (as named in its schema, csrc/ops.cpp) and
+// returns the layer sizes where the kernels need them. Shapes: activations [B, N], per-unit
+// messages [B, K], weights [K, N], BP cavity state [K, N, B].
+
+struct LayerDims {
+  int64_t B, N, K;
+};
+
+void check_linear_input(const at::Tensor& u, const std::optional<at::Tensor>& b);
+// bp_linear_fwd and bp_bayes_fwd (op names the operator).
+LayerDims check_linear_fwd(const char* op, const at::Tensor& x_hat,
+                           const std::optional<at::Tensor>& delta, const at::Tensor& mag,
+                           const std::optional<at::Tensor>& mask);
+LayerDims check_linear_fwd_amp(const at::Tensor& x_hat, const std::optional<at::Tensor>& delta,
+                               const at::Tensor& mag, const std::optional<at::Tensor>& mask,
+                               const at::Tensor& g_old, const at::Tensor& x_hat_old,
+                               const at::Tensor& mag_old);
+void check_upfield(const at::Tensor& omega, const at::Tensor& var);
+void check_output(const at::Tensor& b_top, const at::Tensor& omega, const at::Tensor& var);
+// Shapes, dtypes and devices only: the label range is checked by each backend (on the device
+// for CUDA, without a host synchronisation).
+void check_argmax_output(const at::Tensor& omega, const at::Tensor& var, const at::Tensor& labels);
+LayerDims check_linear_bwd_mf(const at::Tensor& g, const at::Tensor& x_hat, const at::Tensor& mag);
+LayerDims check_linear_bwd_amp(const at::Tensor& g, const at::Tensor& gamma,
+                               const at::Tensor& x_hat, const std::optional<at::Tensor>& delta,
+                               const at::Tensor& mag, const std::optional<at::Tensor>& mask,
+                               const std::optional<at::Tensor>& g_old,
+                               const std::optional<at::Tensor>& x_hat_old,
+                               const std::optional<at::Tensor>& mag_old);
+LayerDims check_linear_bwd_bpi(const at::Tensor& b_top, const at::Tensor& omega,
+                               const at::Tensor& var, const at::Tensor& x_hat,
+                               const at::Tensor& mag);
+LayerDims check_linear_omega_bp(const at::Tensor& x_in, const std::optional<at::Tensor>& b_cav,
+                                const at::Tensor& mag_cav);
+LayerDims check_linear_bwd_bp(const at::Tensor& b_top, const at::Tensor& omega,
+                              const at::Tensor& var, const at::Tensor& x_in,
+                              const std::optional<at::Tensor>& b_cav, const at::Tensor& mag_cav);
+LayerDims check_cavity_update(const at::Tensor& mag_cav, const std::optional<at::Tensor>& b_cav,
+                              const at::Tensor& b_top, const at::Tensor& omega,
+                              const at::Tensor& var, const at::Tensor& x_in,
+                              const std::optional<at::Tensor>& b, const at::Tensor& field,
+                              const std::optional<at::Tensor>& mask);
+void check_field_update(const at::Tensor& field, const at::Tensor& mag, const at::Tensor& h_in,
+                        const std::optional<at::Tensor>& field_prior,
+                        const std::optional<at::Tensor>& mask);
+// mag of any shape; mask (if given) of the same shape.
+void check_weight_var(const at::Tensor& mag, const std::optional<at::Tensor>& mask);
 
 }  // namespace bpk

@@ -1,7 +1,9 @@
 // The one translation unit that owns every bpkernels operator schema. Backends (csrc/cpu,
-// csrc/cuda) only add TORCH_LIBRARY_IMPL blocks. Shapes are batch-first: activations and
-// per-sample messages are [B, N] (inputs) or [B, K] (units); weight fields, magnetisations,
-// variances and masks are [K, N]; BP's per-edge cavity state is [K, N, B].
+// csrc/cuda, and csrc/linear_composite.cpp for every device) only add TORCH_LIBRARY_IMPL blocks.
+// Shapes are batch-first: activations and per-sample messages are [B, N] (inputs) or [B, K]
+// (units); weight fields, magnetisations and masks are [K, N]; BP's per-edge cavity state is
+// [K, N, B]. The weight variance σ = (1 − m²)·mask is derived from mag and mask inside every
+// operator that needs it (bp_weight_var evaluates it alone).
 #ifdef BPK_WITH_PYTHON
 #include <Python.h>
 
@@ -17,13 +19,14 @@ extern "C" PyObject* PyInit__C(void) {
 TORCH_LIBRARY(bpkernels, m) {
   // x̂ = tanh(u + b), Δ = 1 − x̂²  (b = None: b = 0).
   m.def("bp_linear_input(Tensor u, Tensor? b) -> (Tensor x_hat, Tensor delta)");
-  // ω = x̂ mᵀ,  V = x̂² σᵀ + Δ (m² + σ)ᵀ + ε,  u = U(ω, √V)  (delta = None: first layer, Δ = 0).
+  // ω = x̂ mᵀ,  V = x̂² σᵀ + Δ (m² + σ)ᵀ + ε,  u = U(ω, √V)  (delta = None: first layer, Δ = 0;
+  // mask = None: σ = 1 − m²).
   m.def(
-      "bp_linear_fwd(Tensor x_hat, Tensor? delta, Tensor mag, Tensor sigma) "
+      "bp_linear_fwd(Tensor x_hat, Tensor? delta, Tensor mag, Tensor? mask) "
       "-> (Tensor omega, Tensor var, Tensor u)");
   // AMP forward with the Onsager corrections of the previous inner iteration (spec §4.4).
   m.def(
-      "bp_linear_fwd_amp(Tensor x_hat, Tensor? delta, Tensor mag, Tensor sigma, Tensor g_old, "
+      "bp_linear_fwd_amp(Tensor x_hat, Tensor? delta, Tensor mag, Tensor? mask, Tensor g_old, "
       "Tensor x_hat_old, Tensor mag_old) -> (Tensor omega, Tensor var, Tensor u)");
   // u = U(ω, √V).
   m.def("bp_upfield(Tensor omega, Tensor var) -> Tensor");
@@ -38,7 +41,7 @@ TORCH_LIBRARY(bpkernels, m) {
   // AMP backward with self-reaction and (given the old state) Onsager terms (spec §4.4).
   m.def(
       "bp_linear_bwd_amp(Tensor g, Tensor gamma, Tensor x_hat, Tensor? delta, Tensor mag, "
-      "Tensor sigma, Tensor? g_old, Tensor? x_hat_old, Tensor? mag_old, bool compute_b) "
+      "Tensor? mask, Tensor? g_old, Tensor? x_hat_old, Tensor? mag_old, bool compute_b) "
       "-> (Tensor b, Tensor h_in)");
   // BPI fused cavity backward: b[a,i] = Σ_k m[k,i] ĝ[k,i,a], H_in[k,i] = Σ_a ĝ[k,i,a] x̂[a,i].
   m.def(
@@ -56,12 +59,14 @@ TORCH_LIBRARY(bpkernels, m) {
       "Tensor var, Tensor x_in, Tensor? b, Tensor field, Tensor? mask, float psi, bool hard) -> ()");
   // In-place field / reinforcement / damping update; returns δ = mean |m_new − m_old|.
   m.def(
-      "bp_field_update_(Tensor(a!) field, Tensor(b!) mag, Tensor(c!) sigma, Tensor h_in, "
-      "Tensor? field_prior, Tensor? mask, float rho, float r, float psi, bool damp_field) -> Tensor");
+      "bp_field_update_(Tensor(a!) field, Tensor(b!) mag, Tensor h_in, Tensor? field_prior, "
+      "Tensor? mask, float rho, float r, float psi, bool damp_field) -> Tensor");
   // Bayesian moment propagation: ω, V as bp_linear_fwd, then x̂ = erf(ω/√(2V)), Δ = 1 − x̂².
   m.def(
-      "bp_bayes_fwd(Tensor x_hat, Tensor? delta, Tensor mag, Tensor sigma) "
+      "bp_bayes_fwd(Tensor x_hat, Tensor? delta, Tensor mag, Tensor? mask) "
       "-> (Tensor x_hat_out, Tensor delta_out)");
+  // Weight variance σ = (1 − m²)·mask, element-wise (mag of any shape; mask = None: 1 − m²).
+  m.def("bp_weight_var(Tensor mag, Tensor? mask) -> Tensor sigma");
 
   // ---- packed (XNOR-popcount) inference; bit conventions in bpkernels/xnor.h ----
   // Sign bits (x = +1 <=> z + 1e-10 > 0, z >= 0 for int32 z) of z [B, H, W, C] gathered per

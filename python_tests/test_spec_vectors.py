@@ -126,7 +126,7 @@ def _layer_112(device):
     x_hat = t(X_HAT_112, device).T.contiguous()
     H = t(H_112, device)
     m = torch.tanh(H)
-    return x_hat, 1.0 - x_hat.square(), H, m, 1.0 - m.square(), t(B_TOP_112, device).T.contiguous()
+    return x_hat, 1.0 - x_hat.square(), H, m, t(B_TOP_112, device).T.contiguous()
 
 
 def _fresh_cavity_g(impl, b_top, omega, var, x_hat, mag, hard):
@@ -144,9 +144,9 @@ def _fresh_cavity_g(impl, b_top, omega, var, x_hat, mag, hard):
 
 
 def test_hidden_layer_forward(impl, device):
-    x_hat, delta, _, m, sigma, b_top = _layer_112(device)
+    x_hat, delta, _, m, b_top = _layer_112(device)
     assert_close(m, t(FWD_112["m"], device), **SPEC, name="m")
-    omega, var, u = impl.bp_linear_fwd(x_hat, delta, m, sigma)
+    omega, var, u = impl.bp_linear_fwd(x_hat, delta, m, None)
     for name, got in (("omega", omega), ("var", var), ("u", u)):
         assert_close(got, t(FWD_112[name], device).T, **SPEC, name=name)
     g, gamma = impl.bp_output(b_top, omega, var, False)
@@ -154,37 +154,37 @@ def test_hidden_layer_forward(impl, device):
     assert_close(gamma, t(FWD_112["gamma"], device).T, **SPEC, name="Γ")
     # AMP's forward at τ = 1 (g_old = 0, x̂_old = 0, m_old = m) is the plain forward.
     zeros_bk, zeros_bn = torch.zeros_like(omega), torch.zeros_like(x_hat)
-    for got, name in zip(impl.bp_linear_fwd_amp(x_hat, delta, m, sigma, zeros_bk, zeros_bn, m),
+    for got, name in zip(impl.bp_linear_fwd_amp(x_hat, delta, m, None, zeros_bk, zeros_bn, m),
                          ("omega", "var", "u")):
         assert_close(got, t(FWD_112[name], device).T, **SPEC, name=f"amp {name}")
 
 
-def _backward(impl, variant, b_top, omega, var, x_hat, delta, m, sigma, hard, compute_b):
+def _backward(impl, variant, b_top, omega, var, x_hat, delta, m, hard, compute_b):
     """One layer's backward at τ = 1: (b, H_in)."""
     if variant == "bpi":
         return impl.bp_linear_bwd_bpi(b_top, omega, var, x_hat, m, hard, compute_b)
     g, gamma = impl.bp_output(b_top, omega, var, hard)
     if variant == "mf":
         return impl.bp_linear_bwd_mf(g, x_hat, m, compute_b)
-    return impl.bp_linear_bwd_amp(g, gamma, x_hat, delta, m, sigma, None, None, None, compute_b)
+    return impl.bp_linear_bwd_amp(g, gamma, x_hat, delta, m, None, None, None, None, compute_b)
 
 
-def _field_update(impl, H, m, sigma, h_in, rho, psi):
-    """θ = ρH, r = 0, no mask: returns the updated copies (H, m, σ) and δ."""
-    H, m, sigma = H.clone(), m.clone(), sigma.clone()
-    delta = impl.bp_field_update_(H, m, sigma, h_in, None, None, rho, 0.0, psi, False)
-    return H, m, sigma, delta
+def _field_update(impl, H, m, h_in, rho, psi):
+    """θ = ρH, r = 0, no mask: returns the updated copies (H, m), σ = 1 − m² and δ."""
+    H, m = H.clone(), m.clone()
+    delta = impl.bp_field_update_(H, m, h_in, None, None, rho, 0.0, psi, False)
+    return H, m, impl.bp_weight_var(m, None), delta
 
 
 @pytest.mark.parametrize("variant", ["bpi", "mf", "amp"])
 def test_hidden_layer_backward(impl, device, variant):
-    x_hat, delta, H, m, sigma, b_top = _layer_112(device)
-    omega, var, _ = impl.bp_linear_fwd(x_hat, delta, m, sigma)
+    x_hat, delta, H, m, b_top = _layer_112(device)
+    omega, var, _ = impl.bp_linear_fwd(x_hat, delta, m, None)
     exp = BWD_112[variant]
-    b, h_in = _backward(impl, variant, b_top, omega, var, x_hat, delta, m, sigma, False, True)
+    b, h_in = _backward(impl, variant, b_top, omega, var, x_hat, delta, m, False, True)
     assert_close(b, t(exp["b"], device).T, **SPEC, name="b")
     assert_close(h_in, t(exp["h_in"], device), **SPEC, name="H_in")
-    H_new, m_new, sigma_new, dm = _field_update(impl, H, m, sigma, h_in, 1.0, 0.8)
+    H_new, m_new, sigma_new, dm = _field_update(impl, H, m, h_in, 1.0, 0.8)
     if "h_new" in exp:
         assert_close(H_new, t(exp["h_new"], device), **SPEC, name="H_new")
     assert_close(m_new, t(exp["m_new"], device), **SPEC, name="m_new")
@@ -193,8 +193,8 @@ def test_hidden_layer_backward(impl, device, variant):
 
 
 def test_hidden_layer_cavity_g(impl, device):
-    x_hat, delta, _, m, sigma, b_top = _layer_112(device)
-    omega, var, _ = impl.bp_linear_fwd(x_hat, delta, m, sigma)
+    x_hat, delta, _, m, b_top = _layer_112(device)
+    omega, var, _ = impl.bp_linear_fwd(x_hat, delta, m, None)
     g_cav = _fresh_cavity_g(impl, b_top, omega, var, x_hat, m, False)
     assert_close(g_cav, t(G_CAV_112, device), **SPEC, name="ĝ")
     # The spec's b and H_in are the reductions of this ĝ.
@@ -223,10 +223,9 @@ def test_binary_output_layer(impl, device, hard):
     x_hat = t(X_HAT_112, device).T.contiguous()
     delta = 1.0 - x_hat.square()
     m = torch.tanh(t([[0.4, -1.0, 0.7]], device))
-    sigma = 1.0 - m.square()
     y = t([[1.0], [-1.0]], device)  # [B, 1]
     b_top = y if hard else y * INF
-    omega, var, _ = impl.bp_linear_fwd(x_hat, delta, m, sigma)
+    omega, var, _ = impl.bp_linear_fwd(x_hat, delta, m, None)
     assert_close(omega, t([OUT_113["omega"]], device).T, **SPEC, name="ω")
     assert_close(var, t([OUT_113["var"]], device).T, **SPEC, name="V")
     g, _ = impl.bp_output(b_top, omega, var, hard)
@@ -304,34 +303,34 @@ def _net_115(device):
     y = t([Y_115], device).T.contiguous()  # [B, 1]
     H1, H2 = t(H1_115, device), t(H2_115, device)
     m1, m2 = torch.tanh(H1), torch.tanh(H2)
-    return x, y, H1, m1, 1.0 - m1.square(), H2, m2, 1.0 - m2.square()
+    return x, y, H1, m1, H2, m2
 
 
 def _pasp_step(impl, variant, device):
     """One τ_max = 1 PasP step of the 3 → 2 → 1 net composed from the operators (spec §3):
     forward sweep, then the backward sweep from the hard-labelled output down to the first
     layer (which computes no b), each layer followed by its field / damping update."""
-    x, y, H1, m1, s1, H2, m2, s2 = _net_115(device)
+    x, y, H1, m1, H2, m2 = _net_115(device)
     out = {}
     # forward (all b reset to 0)
     if variant == "amp":  # AMP's own forward at τ = 1: g_old = 0, x̂_old = 0, m_old = m
         omega1, var1, u1 = impl.bp_linear_fwd_amp(
-            x, None, m1, s1, torch.zeros(2, 2, dtype=F64, device=device), torch.zeros_like(x), m1)
+            x, None, m1, None, torch.zeros(2, 2, dtype=F64, device=device), torch.zeros_like(x), m1)
     else:
-        omega1, var1, u1 = impl.bp_linear_fwd(x, None, m1, s1)
+        omega1, var1, u1 = impl.bp_linear_fwd(x, None, m1, None)
     x_hat2, delta2 = impl.bp_linear_input(u1, None)
     if variant == "amp":
         omega2, var2, _ = impl.bp_linear_fwd_amp(
-            x_hat2, delta2, m2, s2, torch.zeros(2, 1, dtype=F64, device=device), torch.zeros_like(x_hat2), m2)
+            x_hat2, delta2, m2, None, torch.zeros(2, 1, dtype=F64, device=device), torch.zeros_like(x_hat2), m2)
     else:
-        omega2, var2, _ = impl.bp_linear_fwd(x_hat2, delta2, m2, s2)
+        omega2, var2, _ = impl.bp_linear_fwd(x_hat2, delta2, m2, None)
     out.update(omega1=omega1, var1=var1, u1=u1, x_hat2=x_hat2, omega2=omega2, var2=var2)
     # backward: layer 2 (hard labels), then layer 1 with b_top = b² (first layer: no b)
-    b2, h_in2 = _backward(impl, variant, y, omega2, var2, x_hat2, delta2, m2, s2, True, True)
-    out["h2"], out["m2"], _, _ = _field_update(impl, H2, m2, s2, h_in2, RHO_115[1], PSI_115[1])
-    b1, h_in1 = _backward(impl, variant, b2, omega1, var1, x, None, m1, s1, False, False)
+    b2, h_in2 = _backward(impl, variant, y, omega2, var2, x_hat2, delta2, m2, True, True)
+    out["h2"], out["m2"], _, _ = _field_update(impl, H2, m2, h_in2, RHO_115[1], PSI_115[1])
+    b1, h_in1 = _backward(impl, variant, b2, omega1, var1, x, None, m1, False, False)
     assert b1.shape == (2, 0)
-    out["h1"], out["m1"], _, _ = _field_update(impl, H1, m1, s1, h_in1, RHO_115[0], PSI_115[0])
+    out["h1"], out["m1"], _, _ = _field_update(impl, H1, m1, h_in1, RHO_115[0], PSI_115[0])
     out.update(b2=b2, h_in2=h_in2, h_in1=h_in1)
     return out
 
@@ -350,12 +349,12 @@ def test_two_layer_pasp_step(impl, device, variant):
 
 
 def test_two_layer_bayesian_forward(impl, device):
-    x, _, _, m1, s1, _, m2, s2 = _net_115(device)
-    x_hat2, delta2 = impl.bp_bayes_fwd(x, None, m1, s1)
-    x_out, delta_out = impl.bp_bayes_fwd(x_hat2, delta2, m2, s2)
+    x, _, _, m1, _, m2 = _net_115(device)
+    x_hat2, delta2 = impl.bp_bayes_fwd(x, None, m1, None)
+    x_out, delta_out = impl.bp_bayes_fwd(x_hat2, delta2, m2, None)
     assert_close(x_out, t([[-0.2803784759, -0.1640556698]], device).T, **SPEC, name="x̂_out")
     assert_close(delta_out, 1.0 - x_out.square(), rtol=0, atol=1e-15, name="Δ_out")
-    omega, var, _ = impl.bp_linear_fwd(x_hat2, delta2, m2, s2)
+    omega, var, _ = impl.bp_linear_fwd(x_hat2, delta2, m2, None)
     assert_close(omega, t([[-0.4749765789, -0.2877044446]], device).T, **SPEC, name="ω_out")
     assert_close(var.sqrt(), t([[1.3231847775, 1.3893133904]], device).T, **SPEC, name="s_out")
     # Point-wise net: W = sign(m), x' = sign(W x + 1e-10) (spec §6).
@@ -399,7 +398,6 @@ def test_bp_at_tau1_is_bpi(device, dtype, first, hard):
     if hard:
         b_top = torch.where(b_top < 0, -1.0, 1.0).to(dtype)
     m = torch.tanh(H)
-    sigma = 1.0 - m.square()
     if first:
         x_hat, delta, b_cav = x_in, None, None
     else:
@@ -409,7 +407,7 @@ def test_bp_at_tau1_is_bpi(device, dtype, first, hard):
     compute_b = not first
     eps = torch.finfo(dtype).eps
 
-    omega, var, _ = ops.bp_linear_fwd(x_hat, delta, m, sigma)
+    omega, var, _ = ops.bp_linear_fwd(x_hat, delta, m, None)
     omega_bp = ops.bp_linear_omega_bp(x_in, b_cav, mag_cav)
     _assert_rounding_close(omega_bp, omega, (m.abs() @ x_hat.abs().T).T, eps, "ω")
 
@@ -432,10 +430,10 @@ def test_bp_at_tau1_is_bpi(device, dtype, first, hard):
 
     states = []
     for h_in in (h_bpi, h_bp):
-        state = [H.clone(), m.clone(), sigma.clone()]
+        state = [H.clone(), m.clone()]
         ops.bp_field_update_(*state, h_in, None, None, 1.0, 0.0, 0.8, False)
         states.append(state)
-    (H_bpi, m_bpi, _), (H_bp, m_bp, _) = states
+    (H_bpi, m_bpi), (H_bp, m_bp) = states
     _assert_rounding_close(H_bp, H_bpi, h_scale + H.abs(), eps, "H")
     _assert_rounding_close(m_bp, m_bpi, h_scale + 1.0, eps, "m")
 
@@ -455,10 +453,9 @@ def test_training_forward_is_bayesian_forward(impl, device):
     x_train, d_train = x, None
     x_bayes, d_bayes = x, None
     for m in mags:
-        sigma = 1.0 - m.square()
-        _, _, u = impl.bp_linear_fwd(x_train, d_train, m, sigma)
+        _, _, u = impl.bp_linear_fwd(x_train, d_train, m, None)
         x_train, d_train = impl.bp_linear_input(u, None)
-        x_bayes, d_bayes = impl.bp_bayes_fwd(x_bayes, d_bayes, m, sigma)
+        x_bayes, d_bayes = impl.bp_bayes_fwd(x_bayes, d_bayes, m, None)
         assert_close(x_train, x_bayes, rtol=1e-12, atol=1e-14, name="x̂")
         assert_close(d_train, d_bayes, rtol=1e-12, atol=1e-14, name="Δ")
 
@@ -521,11 +518,10 @@ def test_amp_minus_bpi_is_second_order(device):
     rel = []
     for scale in (0.2, 0.1, 0.05, 0.025):
         m = torch.tanh(scale * H0)
-        sigma = 1.0 - m.square()
-        omega, var, _ = ops.bp_linear_fwd(x_hat, delta, m, sigma)
+        omega, var, _ = ops.bp_linear_fwd(x_hat, delta, m, None)
         b_bpi, h_bpi = ops.bp_linear_bwd_bpi(b_top, omega, var, x_hat, m, False, True)
         gg, gamma = ops.bp_output(b_top, omega, var, False)
-        b_amp, h_amp = ops.bp_linear_bwd_amp(gg, gamma, x_hat, delta, m, sigma, None, None, None, True)
+        b_amp, h_amp = ops.bp_linear_bwd_amp(gg, gamma, x_hat, delta, m, None, None, None, None, True)
         _, h_mf = ops.bp_linear_bwd_mf(gg, x_hat, m, True)
         rel.append([
             ((b_amp - b_bpi).norm() / b_bpi.norm()).item(),
@@ -578,7 +574,7 @@ def _bp_tree_magnetisations(impl, theta, x, device, cavity_var):
     m = torch.tanh(theta)
     sigma = 1.0 - m.square()
     label = torch.ones(1, 1, dtype=F64, device=device)
-    omega, var, _ = impl.bp_linear_fwd(xx, None, m, sigma)
+    omega, var, _ = impl.bp_linear_fwd(xx, None, m, None)
     if cavity_var:
         omega_cav = omega - m * xx
         g_cav, _ = impl.bp_output(label.expand_as(omega_cav), omega_cav, var - sigma * xx.square(), True)
@@ -586,7 +582,7 @@ def _bp_tree_magnetisations(impl, theta, x, device, cavity_var):
     else:
         _, h_in = impl.bp_linear_bwd_bpi(label, omega, var, xx, m, True, False)
     field, mag = torch.zeros_like(theta), m.clone()
-    impl.bp_field_update_(field, mag, sigma.clone(), h_in, theta, None, 1.0, 0.0, 0.0, False)
+    impl.bp_field_update_(field, mag, h_in, theta, None, 1.0, 0.0, 0.0, False)
     assert_close(field, theta + h_in, rtol=0, atol=0, name="H = θ + H_in")
     return mag[0].cpu()
 

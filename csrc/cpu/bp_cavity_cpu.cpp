@@ -12,32 +12,11 @@
 namespace bpk {
 namespace {
 
-// Cavity input of factor k:  x̃[k,i,a] = tanh(x_in[a,i] + b̃[k,i,a]) for a hidden layer
-// (x_in = u of the layer below), x̃ = x_in for the first layer (no b̃).
-template <typename T>
-inline T cavity_input(T x_in, const T* b_cav, int64_t e) {
-  return b_cav ? vtanh(x_in + b_cav[e]) : x_in;
-}
-
-// Shared validation; returns (B, N, K).
-std::tuple<int64_t, int64_t, int64_t> check_cavity_args(const ArgChecker& check,
-                                                        const at::Tensor& x_in,
-                                                        const std::optional<at::Tensor>& b_cav,
-                                                        const at::Tensor& mag_cav) {
-  check(x_in, "x_in", {kAny, kAny}, "[B, N]");
-  const int64_t B = x_in.size(0), N = x_in.size(1);
-  TORCH_CHECK(B > 0, check.op(), ": the batch is empty (x_in has B = 0 rows)");
-  check(mag_cav, "mag_cav", {kAny, N, B}, "[K, N, B]");
-  const int64_t K = mag_cav.size(0);
-  if (b_cav) check(*b_cav, "b_cav", {K, N, B}, "[K, N, B]");
-  return {B, N, K};
-}
-
 // ω[a,k] = Σ_i m̃[k,i,a] x̃[k,i,a]
 at::Tensor omega_bp_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>& b_cav,
                         const at::Tensor& mag_cav) {
-  ArgChecker check("bp_linear_omega_bp", x_in, "x_in");
-  auto [B, N, K] = check_cavity_args(check, x_in, b_cav, mag_cav);
+  const LayerDims d = check_linear_omega_bp(x_in, b_cav, mag_cav);
+  const int64_t B = d.B, N = d.N, K = d.K;
   const at::Tensor x_t = x_in.t().contiguous(), mc = mag_cav.contiguous();
   const at::Tensor bc = b_cav ? b_cav->contiguous() : at::Tensor();
   at::Tensor omega_t = at::zeros({K, B}, x_in.options());
@@ -69,11 +48,8 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd_bp_cpu(const at::Tensor& b_top,
                                                      const std::optional<at::Tensor>& b_cav,
                                                      const at::Tensor& mag_cav, bool hard,
                                                      bool compute_b) {
-  ArgChecker check("bp_linear_bwd_bp", x_in, "x_in");
-  auto [B, N, K] = check_cavity_args(check, x_in, b_cav, mag_cav);
-  check(omega, "omega", {B, K}, "[B, K]");
-  check(var, "var", {B, K}, "[B, K]");
-  check(b_top, "b_top", {B, K}, "[B, K]");
+  const LayerDims d = check_linear_bwd_bp(b_top, omega, var, x_in, b_cav, mag_cav);
+  const int64_t B = d.B, N = d.N, K = d.K;
   const at::Tensor x_t = x_in.t().contiguous(), mc = mag_cav.contiguous();
   const at::Tensor bc = b_cav ? b_cav->contiguous() : at::Tensor();
   const at::Tensor btc = b_top.contiguous(), oc = omega.contiguous(), vc = var.contiguous();
@@ -99,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd_bp_cpu(const at::Tensor& b_top,
                                             rows.num[k * B + a]};
             const scalar_t m = pm[row + a];
             const scalar_t xc = cavity_input(x[a], pb, row + a);
-            const scalar_t omega_cav = rows.omega[k * B + a] - m * xc;
+            const scalar_t omega_cav = cavity_omega(rows.omega[k * B + a], m, xc);
             const scalar_t g_cav = output_g(coef, omega_cav);
             acc += g_cav * xc;
             if (pbt) pbt[i * B + a] += m * g_cav;
@@ -121,19 +97,9 @@ void cavity_update_cpu(at::Tensor& mag_cav, const std::optional<at::Tensor>& b_c
                        const at::Tensor& x_in, const std::optional<at::Tensor>& b,
                        const at::Tensor& field, const std::optional<at::Tensor>& mask,
                        double psi, bool hard) {
-  ArgChecker check("bp_cavity_update_", x_in, "x_in");
-  auto [B, N, K] = check_cavity_args(check, x_in, b_cav, mag_cav);
-  check.inplace(mag_cav, "mag_cav", {K, N, B}, "[K, N, B]");
-  if (b_cav) check.inplace(*b_cav, "b_cav", {K, N, B}, "[K, N, B]");
-  TORCH_CHECK(b_cav.has_value() == b.has_value(),
-              "bp_cavity_update_: b_cav and b must be given together (hidden layers) or both "
-              "omitted (first layer)");
-  if (b) check(*b, "b", {B, N}, "[B, N]");
-  check(omega, "omega", {B, K}, "[B, K]");
-  check(var, "var", {B, K}, "[B, K]");
-  check(b_top, "b_top", {B, K}, "[B, K]");
-  check(field, "field", {K, N}, "[K, N]");
-  if (mask) check(*mask, "mask", {K, N}, "[K, N]");
+  const LayerDims d =
+      check_cavity_update(mag_cav, b_cav, b_top, omega, var, x_in, b, field, mask);
+  const int64_t B = d.B, N = d.N, K = d.K;
   const at::Tensor x_t = x_in.t().contiguous();
   const at::Tensor b_t = b ? b->t().contiguous() : at::Tensor();
   const at::Tensor btc = b_top.contiguous(), oc = omega.contiguous(), vc = var.contiguous();
@@ -160,9 +126,9 @@ void cavity_update_cpu(at::Tensor& mag_cav, const std::optional<at::Tensor>& b_c
                                           rows.num[k * B + a]};
           const scalar_t m = pm[row + a];
           const scalar_t xc = cavity_input(x[a], pb, row + a);
-          const scalar_t g_cav = output_g(coef, rows.omega[k * B + a] - m * xc);
+          const scalar_t g_cav = output_g(coef, cavity_omega(rows.omega[k * B + a], m, xc));
           if (pb) pb[row + a] = pbsum[i * B + a] - m * g_cav;
-          pm[row + a] = psi_t * m + (scalar_t(1) - psi_t) * vtanh(H - g_cav * xc) * msk;
+          pm[row + a] = cavity_mag_update(m, H, g_cav, xc, msk, psi_t);
         }
       }
     });

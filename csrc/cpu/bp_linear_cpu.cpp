@@ -1,6 +1,7 @@
-// CPU kernels of the dense-layer message updates: element-wise prologues/epilogues, the output
-// functions, the fused BPI cavity backward and the field / reinforcement / damping update.
-// Multithreaded with at::parallel_for (OpenMP); inner loops are `omp simd` over the batch.
+// CPU kernels of the dense-layer message updates: the element-wise operators (input moments,
+// upward field, output functions, weight variance), the fused BPI cavity backward and the
+// field / reinforcement / damping update. Multithreaded with at::parallel_for (OpenMP); inner
+// loops are `omp simd`. The ATen-only operators are in linear_composite.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -11,7 +12,6 @@
 #include "checks.h"
 #include "cpu/coef_rows.h"
 #include "cpu/isa.h"
-#include "linear_composite.h"
 
 namespace bpk {
 namespace {
@@ -44,9 +44,7 @@ void parallel_simd_for(int64_t n, int64_t grain, const Body& body) {
 
 std::tuple<at::Tensor, at::Tensor> linear_input_cpu(const at::Tensor& u,
                                                     const std::optional<at::Tensor>& b) {
-  ArgChecker check("bp_linear_input", u, "u");
-  check(u, "u", {kAny, kAny}, "[B, N]");
-  if (b) check(*b, "b", {u.size(0), u.size(1)}, "[B, N]");
+  check_linear_input(u, b);
   const at::Tensor uc = u.contiguous(), bc = contiguous_or_null(b);
   at::Tensor x_hat = at::empty_like(uc), delta = at::empty_like(uc);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "bp_linear_input", [&] {
@@ -67,38 +65,9 @@ std::tuple<at::Tensor, at::Tensor> linear_input_cpu(const at::Tensor& u,
   return {x_hat, delta};
 }
 
-// ---- forward epilogue: V += ε, u = U(ω, √V) ---------------------------------------------
-
-void fwd_epilogue_cpu(const at::Tensor& omega, at::Tensor& var, at::Tensor& u) {
-  AT_DISPATCH_FLOATING_TYPES(omega.scalar_type(), "bp_fwd_epilogue", [&] {
-    const scalar_t* po = omega.const_data_ptr<scalar_t>();
-    scalar_t* pv = var.mutable_data_ptr<scalar_t>();
-    scalar_t* pu = u.mutable_data_ptr<scalar_t>();
-    parallel_simd_for(omega.numel(), kGrainElems / 4, [=](int64_t e) BPK_ALWAYS_INLINE_LAMBDA {
-      pv[e] += scalar_t(kVarEps);
-      pu[e] = upfield<scalar_t>(po[e], std::sqrt(pv[e]));
-    });
-  });
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_fwd_cpu(
-    const at::Tensor& x_hat, const std::optional<at::Tensor>& delta, const at::Tensor& mag,
-    const at::Tensor& sigma) {
-  return linear_fwd(x_hat, delta, mag, sigma, &fwd_epilogue_cpu);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_fwd_amp_cpu(
-    const at::Tensor& x_hat, const std::optional<at::Tensor>& delta, const at::Tensor& mag,
-    const at::Tensor& sigma, const at::Tensor& g_old, const at::Tensor& x_hat_old,
-    const at::Tensor& mag_old) {
-  return linear_fwd_amp(x_hat, delta, mag, sigma, g_old, x_hat_old, mag_old, &fwd_epilogue_cpu);
-}
-
 // u = U(ω, √V)
 at::Tensor upfield_cpu(const at::Tensor& omega, const at::Tensor& var) {
-  ArgChecker check("bp_upfield", omega, "omega");
-  check(omega, "omega", {kAny, kAny}, "[B, K]");
-  check(var, "var", {omega.size(0), omega.size(1)}, "[B, K]");
+  check_upfield(omega, var);
   const at::Tensor oc = omega.contiguous(), vc = var.contiguous();
   at::Tensor u = at::empty_like(oc);
   AT_DISPATCH_FLOATING_TYPES(omega.scalar_type(), "bp_upfield", [&] {
@@ -116,10 +85,7 @@ at::Tensor upfield_cpu(const at::Tensor& omega, const at::Tensor& var) {
 
 std::tuple<at::Tensor, at::Tensor> output_cpu(const at::Tensor& b_top, const at::Tensor& omega,
                                               const at::Tensor& var, bool hard) {
-  ArgChecker check("bp_output", omega, "omega");
-  check(omega, "omega", {kAny, kAny}, "[B, K]");
-  check(var, "var", {omega.size(0), omega.size(1)}, "[B, K]");
-  check(b_top, "b_top", {omega.size(0), omega.size(1)}, "[B, K]");
+  check_output(b_top, omega, var);
   const at::Tensor bc = b_top.contiguous(), oc = omega.contiguous(), vc = var.contiguous();
   at::Tensor g = at::empty_like(oc), gamma = at::empty_like(oc);
   AT_DISPATCH_FLOATING_TYPES(omega.scalar_type(), "bp_output", [&] {
@@ -153,15 +119,8 @@ std::tuple<at::Tensor, at::Tensor> output_cpu(const at::Tensor& b_top, const at:
 // ArgMax layer: for each sample a with class c, g[a,k] for k ≠ c and g[a,c] = −Σ_{k≠c} g[a,k].
 at::Tensor argmax_output_cpu(const at::Tensor& omega, const at::Tensor& var,
                              const at::Tensor& labels) {
-  ArgChecker check("bp_argmax_output", omega, "omega");
-  check(omega, "omega", {kAny, kAny}, "[B, K]");
+  check_argmax_output(omega, var, labels);
   const int64_t B = omega.size(0), K = omega.size(1);
-  check(var, "var", {B, K}, "[B, K]");
-  TORCH_CHECK(labels.scalar_type() == at::kLong && labels.dim() == 1 && labels.size(0) == B,
-              "bp_argmax_output: labels must be an int64 tensor of shape [B] = [", B, "], got ",
-              labels.scalar_type(), " ", labels.sizes());
-  TORCH_CHECK(labels.device() == omega.device(),
-              "bp_argmax_output: labels must be on device ", omega.device());
   const at::Tensor oc = omega.contiguous(), vc = var.contiguous(), lc = labels.contiguous();
   const int64_t* pl = lc.const_data_ptr<int64_t>();
   for (int64_t a = 0; a < B; ++a) {
@@ -219,7 +178,7 @@ BPK_ALWAYS_INLINE void bpi_cavity_tile(int64_t i0, int64_t i1, int64_t K, int64_
       T acc = 0;
 #pragma omp simd reduction(+ : acc)
       for (int64_t a = 0; a < B; ++a) {
-        const T omega_cav = om[a] - m * x[a];
+        const T omega_cav = cavity_omega(om[a], m, x[a]);
         const T g_cav = kHard ? output_g_hard(alpha[a], num[a], omega_cav)
                               : output_g(alpha[a], c[a], num[a], omega_cav);
         acc += g_cav * x[a];
@@ -251,15 +210,8 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd_bpi_cpu(const at::Tensor& b_top,
                                                       const at::Tensor& x_hat,
                                                       const at::Tensor& mag, bool hard,
                                                       bool compute_b) {
-  ArgChecker check("bp_linear_bwd_bpi", x_hat, "x_hat");
-  check(x_hat, "x_hat", {kAny, kAny}, "[B, N]");
-  const int64_t B = x_hat.size(0), N = x_hat.size(1);
-  TORCH_CHECK(B > 0, "bp_linear_bwd_bpi: the batch is empty (x_hat has B = 0 rows)");
-  check(mag, "mag", {kAny, N}, "[K, N]");
-  const int64_t K = mag.size(0);
-  check(omega, "omega", {B, K}, "[B, K]");
-  check(var, "var", {B, K}, "[B, K]");
-  check(b_top, "b_top", {B, K}, "[B, K]");
+  const LayerDims d = check_linear_bwd_bpi(b_top, omega, var, x_hat, mag);
+  const int64_t B = d.B, N = d.N, K = d.K;
 
   const at::Tensor x_t = x_hat.t().contiguous();
   const at::Tensor mc = mag.contiguous();
@@ -288,13 +240,13 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd_bpi_cpu(const at::Tensor& b_top,
 //
 //   H ← H_in + r H + ρ H_prior,  m ← [ψ m + (1 − ψ) tanh H] · mask        (damp_field = False)
 //   H ← ψ H + (1 − ψ)(H_in + r H + ρ H_prior),  m ← tanh(H) · mask         (damp_field = True)
-//   σ ← (1 − m²) · mask;   returns δ = mean |m_new − m_old| (0-dim).
+//   returns δ = mean |m_new − m_old| (0-dim).
 // H_prior = None means H_prior = H (the prior of the first inner iteration, θ = ρH).
 // δ is summed over fixed chunks in a fixed order, so it does not depend on the thread count.
 
 // One chunk [e0, e1) of the update, vectorised; returns Σ |m_new − m_old| over the chunk.
 template <typename T, bool kDampField, bool kMask>
-BPK_ALWAYS_INLINE double field_update_chunk(int64_t e0, int64_t e1, T* field, T* mag, T* sigma,
+BPK_ALWAYS_INLINE double field_update_chunk(int64_t e0, int64_t e1, T* field, T* mag,
                                             const T* h_in, const T* prior, const T* mask, T rho,
                                             T r, T psi) {
   double change = 0;
@@ -306,23 +258,15 @@ BPK_ALWAYS_INLINE double field_update_chunk(int64_t e0, int64_t e1, T* field, T*
                         : field_update(field[e], h_in[e], prior[e], mag[e], msk, rho, r, psi);
     change += std::fabs(static_cast<double>(m_new - mag[e]));
     mag[e] = m_new;
-    sigma[e] = (T(1) - m_new * m_new) * msk;
   }
   return change;
 }
 
-at::Tensor field_update_cpu(at::Tensor& field, at::Tensor& mag, at::Tensor& sigma,
-                            const at::Tensor& h_in, const std::optional<at::Tensor>& field_prior,
+at::Tensor field_update_cpu(at::Tensor& field, at::Tensor& mag, const at::Tensor& h_in,
+                            const std::optional<at::Tensor>& field_prior,
                             const std::optional<at::Tensor>& mask, double rho, double r,
                             double psi, bool damp_field) {
-  ArgChecker check("bp_field_update_", field, "field");
-  check.inplace(field, "field", {kAny, kAny}, "[K, N]");
-  const int64_t K = field.size(0), N = field.size(1);
-  check.inplace(mag, "mag", {K, N}, "[K, N]");
-  check.inplace(sigma, "sigma", {K, N}, "[K, N]");
-  check(h_in, "h_in", {K, N}, "[K, N]");
-  if (field_prior) check(*field_prior, "field_prior", {K, N}, "[K, N]");
-  if (mask) check(*mask, "mask", {K, N}, "[K, N]");
+  check_field_update(field, mag, h_in, field_prior, mask);
   const at::Tensor hc = h_in.contiguous(), pc = contiguous_or_null(field_prior),
                    mkc = contiguous_or_null(mask);
   const int64_t numel = field.numel();
@@ -333,7 +277,6 @@ at::Tensor field_update_cpu(at::Tensor& field, at::Tensor& mag, at::Tensor& sigm
   AT_DISPATCH_FLOATING_TYPES(field.scalar_type(), "bp_field_update_", [&] {
     scalar_t* pH = field.mutable_data_ptr<scalar_t>();
     scalar_t* pm = mag.mutable_data_ptr<scalar_t>();
-    scalar_t* ps = sigma.mutable_data_ptr<scalar_t>();
     const scalar_t* ph = hc.const_data_ptr<scalar_t>();
     // H_prior = None is H itself (read at e before H[e] is written)
     const scalar_t* pp = pc.defined() ? pc.const_data_ptr<scalar_t>() : pH;
@@ -346,16 +289,16 @@ at::Tensor field_update_cpu(at::Tensor& field, at::Tensor& mag, at::Tensor& sigm
         double change = 0;
         if (damp_field && pk) {
           BPK_ISA_DISPATCH(isa, change = field_update_chunk<scalar_t, true, true>(
-                                    e0, e1, pH, pm, ps, ph, pp, pk, rho_t, r_t, psi_t));
+                                    e0, e1, pH, pm, ph, pp, pk, rho_t, r_t, psi_t));
         } else if (damp_field) {
           BPK_ISA_DISPATCH(isa, change = field_update_chunk<scalar_t, true, false>(
-                                    e0, e1, pH, pm, ps, ph, pp, pk, rho_t, r_t, psi_t));
+                                    e0, e1, pH, pm, ph, pp, pk, rho_t, r_t, psi_t));
         } else if (pk) {
           BPK_ISA_DISPATCH(isa, change = field_update_chunk<scalar_t, false, true>(
-                                    e0, e1, pH, pm, ps, ph, pp, pk, rho_t, r_t, psi_t));
+                                    e0, e1, pH, pm, ph, pp, pk, rho_t, r_t, psi_t));
         } else {
           BPK_ISA_DISPATCH(isa, change = field_update_chunk<scalar_t, false, false>(
-                                    e0, e1, pH, pm, ps, ph, pp, pk, rho_t, r_t, psi_t));
+                                    e0, e1, pH, pm, ph, pp, pk, rho_t, r_t, psi_t));
         }
         partial[chunk] = change;
       }
@@ -366,20 +309,39 @@ at::Tensor field_update_cpu(at::Tensor& field, at::Tensor& mag, at::Tensor& sigm
   return at::scalar_tensor(numel ? total / numel : 0.0, field.options());
 }
 
+// ---- weight variance σ = (1 − m²) · mask --------------------------------------------------
+
+at::Tensor weight_var_cpu(const at::Tensor& mag, const std::optional<at::Tensor>& mask) {
+  check_weight_var(mag, mask);
+  const at::Tensor mc = mag.contiguous(), mkc = contiguous_or_null(mask);
+  at::Tensor sigma = at::empty_like(mc);
+  AT_DISPATCH_FLOATING_TYPES(mag.scalar_type(), "bp_weight_var", [&] {
+    const scalar_t* pm = mc.const_data_ptr<scalar_t>();
+    scalar_t* ps = sigma.mutable_data_ptr<scalar_t>();
+    if (mkc.defined()) {
+      const scalar_t* pk = mkc.const_data_ptr<scalar_t>();
+      parallel_simd_for(mc.numel(), kGrainElems, [=](int64_t e) BPK_ALWAYS_INLINE_LAMBDA {
+        ps[e] = weight_variance(pm[e], pk[e]);
+      });
+    } else {
+      parallel_simd_for(mc.numel(), kGrainElems, [=](int64_t e) BPK_ALWAYS_INLINE_LAMBDA {
+        ps[e] = weight_variance(pm[e], scalar_t(1));
+      });
+    }
+  });
+  return sigma;
+}
+
 }  // namespace
 
 }  // namespace bpk
 
 TORCH_LIBRARY_IMPL(bpkernels, CPU, m) {
   m.impl("bp_linear_input", &bpk::linear_input_cpu);
-  m.impl("bp_linear_fwd", &bpk::linear_fwd_cpu);
-  m.impl("bp_linear_fwd_amp", &bpk::linear_fwd_amp_cpu);
   m.impl("bp_upfield", &bpk::upfield_cpu);
   m.impl("bp_output", &bpk::output_cpu);
   m.impl("bp_argmax_output", &bpk::argmax_output_cpu);
-  m.impl("bp_linear_bwd_mf", &bpk::linear_bwd_mf);
-  m.impl("bp_linear_bwd_amp", &bpk::linear_bwd_amp);
   m.impl("bp_linear_bwd_bpi", &bpk::linear_bwd_bpi_cpu);
   m.impl("bp_field_update_", &bpk::field_update_cpu);
-  m.impl("bp_bayes_fwd", &bpk::bayes_fwd);
+  m.impl("bp_weight_var", &bpk::weight_var_cpu);
 }

@@ -20,24 +20,6 @@ namespace {
 constexpr int kCavWarps = 8;                       // warps per block of every kernel below
 constexpr int kCavThreads = kCavWarps * kWarpSize;
 
-// Cavity input of factor k:  x̃ = tanh(x_in + b̃) for a hidden layer, x̃ = x_in for the first
-// layer (b_cav = nullptr).
-template <typename T>
-__device__ __forceinline__ T cavity_input(T x_in, const T* __restrict__ b_cav, int64_t e) {
-  return b_cav ? tanh(x_in + b_cav[e]) : x_in;
-}
-
-// Shared validation (as the CPU backend's); the sizes are B = x_in.size(0), N = x_in.size(1),
-// K = mag_cav.size(0).
-void check_cavity_args(const ArgChecker& check, const at::Tensor& x_in,
-                       const std::optional<at::Tensor>& b_cav, const at::Tensor& mag_cav) {
-  check(x_in, "x_in", {kAny, kAny}, "[B, N]");
-  const int64_t B = x_in.size(0), N = x_in.size(1);
-  TORCH_CHECK(B > 0, check.op(), ": the batch is empty (x_in has B = 0 rows)");
-  check(mag_cav, "mag_cav", {kAny, N, B}, "[K, N, B]");
-  if (b_cav) check(*b_cav, "b_cav", {mag_cav.size(0), N, B}, "[K, N, B]");
-}
-
 // ---- ω[a,k] = Σ_i m̃[k,i,a] x̃[k,i,a] --------------------------------------------------------
 //
 // Block (k, chunk of 32 samples): lane ↔ a, warp w sums the inputs i ≡ w (mod kCavWarps) in
@@ -75,10 +57,9 @@ __global__ void __launch_bounds__(kCavThreads)
 
 at::Tensor omega_bp_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& b_cav,
                          const at::Tensor& mag_cav) {
-  ArgChecker check("bp_linear_omega_bp", x_in, "x_in");
-  check_cavity_args(check, x_in, b_cav, mag_cav);
-  const int64_t B = x_in.size(0), N = x_in.size(1), K = mag_cav.size(0);
-  check_cuda(check, x_in, "x_in");
+  const LayerDims d = check_linear_omega_bp(x_in, b_cav, mag_cav);
+  const int64_t B = d.B, N = d.N, K = d.K;
+  check_cuda("bp_linear_omega_bp", x_in, "x_in");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor omega = at::empty({B, K}, x_in.options());
@@ -169,13 +150,9 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd_bp_cuda(const at::Tensor& b_top,
                                                       const std::optional<at::Tensor>& b_cav,
                                                       const at::Tensor& mag_cav, bool hard,
                                                       bool compute_b) {
-  ArgChecker check("bp_linear_bwd_bp", x_in, "x_in");
-  check_cavity_args(check, x_in, b_cav, mag_cav);
-  const int64_t B = x_in.size(0), N = x_in.size(1), K = mag_cav.size(0);
-  check(omega, "omega", {B, K}, "[B, K]");
-  check(var, "var", {B, K}, "[B, K]");
-  check(b_top, "b_top", {B, K}, "[B, K]");
-  check_cuda(check, x_in, "x_in");
+  const LayerDims d = check_linear_bwd_bp(b_top, omega, var, x_in, b_cav, mag_cav);
+  const int64_t B = d.B, N = d.N, K = d.K;
+  check_cuda("bp_linear_bwd_bp", x_in, "x_in");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor h_in = at::empty({K, N}, x_in.options());
@@ -248,7 +225,7 @@ __global__ void __launch_bounds__(kCavThreads)
     const CoefOmega<T> cf = ck[a];
     const T g_cav = cavity_g<kHard>(cf, cavity_omega(cf.omega, m, xc));
     if (b_cav) b_cav[e] = bi[a] - m * g_cav;
-    mag_cav[e] = psi * m + (T(1) - psi) * tanh(H - g_cav * xc) * msk;
+    mag_cav[e] = cavity_mag_update(m, H, g_cav, xc, msk, psi);
   }
 }
 
@@ -257,21 +234,10 @@ void cavity_update_cuda(at::Tensor& mag_cav, const std::optional<at::Tensor>& b_
                         const at::Tensor& x_in, const std::optional<at::Tensor>& b,
                         const at::Tensor& field, const std::optional<at::Tensor>& mask,
                         double psi, bool hard) {
-  ArgChecker check("bp_cavity_update_", x_in, "x_in");
-  check_cavity_args(check, x_in, b_cav, mag_cav);
-  const int64_t B = x_in.size(0), N = x_in.size(1), K = mag_cav.size(0);
-  check.inplace(mag_cav, "mag_cav", {K, N, B}, "[K, N, B]");
-  if (b_cav) check.inplace(*b_cav, "b_cav", {K, N, B}, "[K, N, B]");
-  TORCH_CHECK(b_cav.has_value() == b.has_value(),
-              "bp_cavity_update_: b_cav and b must be given together (hidden layers) or both "
-              "omitted (first layer)");
-  if (b) check(*b, "b", {B, N}, "[B, N]");
-  check(omega, "omega", {B, K}, "[B, K]");
-  check(var, "var", {B, K}, "[B, K]");
-  check(b_top, "b_top", {B, K}, "[B, K]");
-  check(field, "field", {K, N}, "[K, N]");
-  if (mask) check(*mask, "mask", {K, N}, "[K, N]");
-  check_cuda(check, x_in, "x_in");
+  const LayerDims d =
+      check_cavity_update(mag_cav, b_cav, b_top, omega, var, x_in, b, field, mask);
+  const int64_t B = d.B, N = d.N, K = d.K;
+  check_cuda("bp_cavity_update_", x_in, "x_in");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (K == 0 || N == 0) return;

@@ -1,8 +1,10 @@
-// CUDA kernels of the dense-layer message updates: element-wise prologues / epilogues, the output
-// functions, the fused BPI cavity backward and the field / reinforcement / damping update. The
-// semantics (argument checks included) are those of csrc/cpu/bp_linear_cpu.cpp; the maths is
-// the BPK_HD functions of bpkernels/binary_bp.h, called per thread. Every reduction is
-// deterministic (fixed order, no atomics): per-tile partials, then a second fixed-order pass.
+// CUDA kernels of the dense-layer message updates: the element-wise operators (input moments,
+// upward field, output functions, weight variance), the fused BPI cavity backward and the field
+// / reinforcement / damping update. The semantics are those of csrc/cpu/bp_linear_cpu.cpp, the
+// argument checks the same functions (checks.h), the maths the BPK_HD functions of
+// bpkernels/binary_bp.h, called per thread. The ATen-only operators are registered for every
+// device in csrc/linear_composite.cpp. Every reduction is deterministic (fixed order, no
+// atomics): per-tile partials, then a second fixed-order pass.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -14,7 +16,6 @@
 #include "bpkernels/binary_bp.h"
 #include "checks.h"
 #include "cuda/cuda_utils.cuh"
-#include "linear_composite.h"
 
 namespace bpk {
 namespace cuda {
@@ -45,10 +46,8 @@ __global__ void linear_input_kernel(const T* __restrict__ u, const T* __restrict
 
 std::tuple<at::Tensor, at::Tensor> linear_input_cuda(const at::Tensor& u,
                                                      const std::optional<at::Tensor>& b) {
-  ArgChecker check("bp_linear_input", u, "u");
-  check(u, "u", {kAny, kAny}, "[B, N]");
-  if (b) check(*b, "b", {u.size(0), u.size(1)}, "[B, N]");
-  check_cuda(check, u, "u");
+  check_linear_input(u, b);
+  check_cuda("bp_linear_input", u, "u");
   const c10::cuda::CUDAGuard guard(u.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor uc = u.contiguous(), bc = contiguous_or_null(b);
@@ -64,94 +63,6 @@ std::tuple<at::Tensor, at::Tensor> linear_input_cuda(const at::Tensor& u,
   return {x_hat, delta};
 }
 
-// ---- forward epilogue: V += ε, u = U(ω, √V) ---------------------------------------------
-
-// omega: [B, K];  var: [B, K] (in/out);  u: [B, K] (out);  all contiguous, n = B·K.
-template <typename T>
-__global__ void fwd_epilogue_kernel(const T* __restrict__ omega, T* __restrict__ var,
-                                    T* __restrict__ u, int64_t n) {
-  BPK_GRID_STRIDE(e, n) {
-    const T v = var[e] + T(kVarEps);
-    var[e] = v;
-    u[e] = upfield<T>(omega[e], sqrt(v));
-  }
-}
-
-// The FwdEpilogue of linear_fwd / linear_fwd_amp (linear_composite.h). Its tensors come from
-// ATen matrix products on one CUDA device and are contiguous.
-void fwd_epilogue_cuda(const at::Tensor& omega, at::Tensor& var, at::Tensor& u) {
-  TORCH_INTERNAL_ASSERT(omega.is_cuda() && var.device() == omega.device() &&
-                        u.device() == omega.device());
-  TORCH_INTERNAL_ASSERT(var.sizes() == omega.sizes() && u.sizes() == omega.sizes());
-  const c10::cuda::CUDAGuard guard(omega.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t n = omega.numel();
-  if (n == 0) return;
-  // The matrix products give contiguous tensors; anything else goes through contiguous copies.
-  const at::Tensor oc = omega.contiguous();
-  at::Tensor vc = var.is_contiguous() ? var : var.contiguous();
-  at::Tensor uc = u.is_contiguous() ? u : at::empty_like(oc);
-  AT_DISPATCH_FLOATING_TYPES(omega.scalar_type(), "bp_fwd_epilogue_cuda", [&] {
-    fwd_epilogue_kernel<scalar_t><<<elementwise_blocks(n), kThreads, 0, stream>>>(
-        oc.const_data_ptr<scalar_t>(), vc.mutable_data_ptr<scalar_t>(),
-        uc.mutable_data_ptr<scalar_t>(), n);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  if (!vc.is_same(var)) var.copy_(vc);
-  if (!uc.is_same(u)) u.copy_(uc);
-}
-
-// ---- composite operators: ATen (cuBLAS) matrix products + the CUDA epilogue ---------------
-// linear_composite.h validates every argument with the CPU backend's messages; the guard only
-// makes the current device that of the tensors when they are on a CUDA device.
-
-std::optional<c10::Device> cuda_device_of(const at::Tensor& t) {
-  return t.is_cuda() ? std::optional<c10::Device>(t.device()) : std::nullopt;
-}
-
-// x_hat [B, N], delta [B, N] or None, mag [K, N], sigma [K, N] -> (omega, var, u) [B, K].
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_fwd_cuda(
-    const at::Tensor& x_hat, const std::optional<at::Tensor>& delta, const at::Tensor& mag,
-    const at::Tensor& sigma) {
-  const c10::cuda::OptionalCUDAGuard guard(cuda_device_of(x_hat));
-  return linear_fwd(x_hat, delta, mag, sigma, &fwd_epilogue_cuda);
-}
-
-// As linear_fwd_cuda, plus g_old [B, K], x_hat_old [B, N], mag_old [K, N].
-std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_fwd_amp_cuda(
-    const at::Tensor& x_hat, const std::optional<at::Tensor>& delta, const at::Tensor& mag,
-    const at::Tensor& sigma, const at::Tensor& g_old, const at::Tensor& x_hat_old,
-    const at::Tensor& mag_old) {
-  const c10::cuda::OptionalCUDAGuard guard(cuda_device_of(x_hat));
-  return linear_fwd_amp(x_hat, delta, mag, sigma, g_old, x_hat_old, mag_old, &fwd_epilogue_cuda);
-}
-
-// g [B, K], x_hat [B, N], mag [K, N] -> (b [B, N] or [B, 0], h_in [K, N]).
-std::tuple<at::Tensor, at::Tensor> linear_bwd_mf_cuda(const at::Tensor& g, const at::Tensor& x_hat,
-                                                      const at::Tensor& mag, bool compute_b) {
-  const c10::cuda::OptionalCUDAGuard guard(cuda_device_of(x_hat));
-  return linear_bwd_mf(g, x_hat, mag, compute_b);
-}
-
-// g, gamma [B, K], x_hat [B, N], delta [B, N]?, mag, sigma [K, N], g_old [B, K]?,
-// x_hat_old [B, N]?, mag_old [K, N]? -> (b [B, N] or [B, 0], h_in [K, N]).
-std::tuple<at::Tensor, at::Tensor> linear_bwd_amp_cuda(
-    const at::Tensor& g, const at::Tensor& gamma, const at::Tensor& x_hat,
-    const std::optional<at::Tensor>& delta, const at::Tensor& mag, const at::Tensor& sigma,
-    const std::optional<at::Tensor>& g_old, const std::optional<at::Tensor>& x_hat_old,
-    const std::optional<at::Tensor>& mag_old, bool compute_b) {
-  const c10::cuda::OptionalCUDAGuard guard(cuda_device_of(x_hat));
-  return linear_bwd_amp(g, gamma, x_hat, delta, mag, sigma, g_old, x_hat_old, mag_old, compute_b);
-}
-
-// x_hat [B, N], delta [B, N]?, mag, sigma [K, N] -> (x_hat_out, delta_out) [B, K].
-std::tuple<at::Tensor, at::Tensor> bayes_fwd_cuda(const at::Tensor& x_hat,
-                                                  const std::optional<at::Tensor>& delta,
-                                                  const at::Tensor& mag, const at::Tensor& sigma) {
-  const c10::cuda::OptionalCUDAGuard guard(cuda_device_of(x_hat));
-  return bayes_fwd(x_hat, delta, mag, sigma);
-}
-
 // ---- u = U(ω, √V) --------------------------------------------------------------------------
 
 // omega, var, u: [B, K] contiguous, n = B·K.
@@ -162,10 +73,8 @@ __global__ void upfield_kernel(const T* __restrict__ omega, const T* __restrict_
 }
 
 at::Tensor upfield_cuda(const at::Tensor& omega, const at::Tensor& var) {
-  ArgChecker check("bp_upfield", omega, "omega");
-  check(omega, "omega", {kAny, kAny}, "[B, K]");
-  check(var, "var", {omega.size(0), omega.size(1)}, "[B, K]");
-  check_cuda(check, omega, "omega");
+  check_upfield(omega, var);
+  check_cuda("bp_upfield", omega, "omega");
   const c10::cuda::CUDAGuard guard(omega.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor oc = omega.contiguous(), vc = var.contiguous();
@@ -204,11 +113,8 @@ __global__ void output_kernel(const T* __restrict__ b_top, const T* __restrict__
 
 std::tuple<at::Tensor, at::Tensor> output_cuda(const at::Tensor& b_top, const at::Tensor& omega,
                                                const at::Tensor& var, bool hard) {
-  ArgChecker check("bp_output", omega, "omega");
-  check(omega, "omega", {kAny, kAny}, "[B, K]");
-  check(var, "var", {omega.size(0), omega.size(1)}, "[B, K]");
-  check(b_top, "b_top", {omega.size(0), omega.size(1)}, "[B, K]");
-  check_cuda(check, omega, "omega");
+  check_output(b_top, omega, var);
+  check_cuda("bp_output", omega, "omega");
   const c10::cuda::CUDAGuard guard(omega.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor bc = b_top.contiguous(), oc = omega.contiguous(), vc = var.contiguous();
@@ -274,16 +180,9 @@ __global__ void argmax_output_kernel(const T* __restrict__ omega, const T* __res
 
 at::Tensor argmax_output_cuda(const at::Tensor& omega, const at::Tensor& var,
                               const at::Tensor& labels) {
-  ArgChecker check("bp_argmax_output", omega, "omega");
-  check(omega, "omega", {kAny, kAny}, "[B, K]");
+  check_argmax_output(omega, var, labels);
   const int64_t B = omega.size(0), K = omega.size(1);
-  check(var, "var", {B, K}, "[B, K]");
-  TORCH_CHECK(labels.scalar_type() == at::kLong && labels.dim() == 1 && labels.size(0) == B,
-              "bp_argmax_output: labels must be an int64 tensor of shape [B] = [", B, "], got ",
-              labels.scalar_type(), " ", labels.sizes());
-  TORCH_CHECK(labels.device() == omega.device(),
-              "bp_argmax_output: labels must be on device ", omega.device());
-  check_cuda(check, omega, "omega");
+  check_cuda("bp_argmax_output", omega, "omega");
   const c10::cuda::CUDAGuard guard(omega.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const at::Tensor oc = omega.contiguous(), vc = var.contiguous(), lc = labels.contiguous();
@@ -423,16 +322,9 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd_bpi_cuda(const at::Tensor& b_top,
                                                        const at::Tensor& x_hat,
                                                        const at::Tensor& mag, bool hard,
                                                        bool compute_b) {
-  ArgChecker check("bp_linear_bwd_bpi", x_hat, "x_hat");
-  check(x_hat, "x_hat", {kAny, kAny}, "[B, N]");
-  const int64_t B = x_hat.size(0), N = x_hat.size(1);
-  TORCH_CHECK(B > 0, "bp_linear_bwd_bpi: the batch is empty (x_hat has B = 0 rows)");
-  check(mag, "mag", {kAny, N}, "[K, N]");
-  const int64_t K = mag.size(0);
-  check(omega, "omega", {B, K}, "[B, K]");
-  check(var, "var", {B, K}, "[B, K]");
-  check(b_top, "b_top", {B, K}, "[B, K]");
-  check_cuda(check, x_hat, "x_hat");
+  const LayerDims d = check_linear_bwd_bpi(b_top, omega, var, x_hat, mag);
+  const int64_t B = d.B, N = d.N, K = d.K;
+  check_cuda("bp_linear_bwd_bpi", x_hat, "x_hat");
   const c10::cuda::CUDAGuard guard(x_hat.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
 
@@ -477,7 +369,7 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd_bpi_cuda(const at::Tensor& b_top,
 //
 //   H ← H_in + r H + ρ H_prior,  m ← [ψ m + (1 − ψ) tanh H] · mask        (damp_field = False)
 //   H ← ψ H + (1 − ψ)(H_in + r H + ρ H_prior),  m ← tanh(H) · mask         (damp_field = True)
-//   σ ← (1 − m²) · mask;   δ = mean |m_new − m_old| (0-dim, accumulated in float64).
+//   δ = mean |m_new − m_old| (0-dim, accumulated in float64).
 // One pass over [K, N]: block j owns the fixed chunk [j·kFieldChunk, (j+1)·kFieldChunk) and
 // writes its partial Σ|Δm| (a fixed-order block sum); a one-block second pass sums the partials
 // in a fixed order and divides. The grid depends only on K·N, so δ is deterministic.
@@ -485,12 +377,12 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd_bpi_cuda(const at::Tensor& b_top,
 constexpr int kFieldItems = 8;                            // elements per thread
 constexpr int64_t kFieldChunk = int64_t(kThreads) * kFieldItems;  // elements per block
 
-// field, mag, sigma: [K, N] (in/out);  h_in, prior (nullptr: H itself), mask (nullptr: 1):
+// field, mag: [K, N] (in/out);  h_in, prior (nullptr: H itself), mask (nullptr: 1):
 // [K, N];  partial: [n_blocks] float64. No __restrict__: the prior (or any input) may alias the
 // field; each element is read before it is written, by the same thread.
 template <typename T, bool kDampField>
 __global__ void __launch_bounds__(kThreads)
-    field_update_kernel(T* field, T* mag, T* sigma, const T* h_in, const T* prior,
+    field_update_kernel(T* field, T* mag, const T* h_in, const T* prior,
                         const T* mask, T rho, T r, T psi, int64_t n,
                         double* __restrict__ partial) {
   __shared__ double scratch[kWarpSize];
@@ -513,7 +405,6 @@ __global__ void __launch_bounds__(kThreads)
       change += fabs(static_cast<double>(m_new - m_old));
       field[e] = H;
       mag[e] = m_new;
-      sigma[e] = (T(1) - m_new * m_new) * msk;
     }
   }
   change = block_sum(change, scratch);
@@ -532,19 +423,12 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) out[0] = static_cast<T>(acc / static_cast<double>(numel));
 }
 
-at::Tensor field_update_cuda(at::Tensor& field, at::Tensor& mag, at::Tensor& sigma,
-                             const at::Tensor& h_in, const std::optional<at::Tensor>& field_prior,
+at::Tensor field_update_cuda(at::Tensor& field, at::Tensor& mag, const at::Tensor& h_in,
+                             const std::optional<at::Tensor>& field_prior,
                              const std::optional<at::Tensor>& mask, double rho, double r,
                              double psi, bool damp_field) {
-  ArgChecker check("bp_field_update_", field, "field");
-  check.inplace(field, "field", {kAny, kAny}, "[K, N]");
-  const int64_t K = field.size(0), N = field.size(1);
-  check.inplace(mag, "mag", {K, N}, "[K, N]");
-  check.inplace(sigma, "sigma", {K, N}, "[K, N]");
-  check(h_in, "h_in", {K, N}, "[K, N]");
-  if (field_prior) check(*field_prior, "field_prior", {K, N}, "[K, N]");
-  if (mask) check(*mask, "mask", {K, N}, "[K, N]");
-  check_cuda(check, field, "field");
+  check_field_update(field, mag, h_in, field_prior, mask);
+  check_cuda("bp_field_update_", field, "field");
   const c10::cuda::CUDAGuard guard(field.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t numel = field.numel();
@@ -558,7 +442,6 @@ at::Tensor field_update_cuda(at::Tensor& field, at::Tensor& mag, at::Tensor& sig
   AT_DISPATCH_FLOATING_TYPES(field.scalar_type(), "bp_field_update_cuda", [&] {
     scalar_t* pH = field.mutable_data_ptr<scalar_t>();
     scalar_t* pm = mag.mutable_data_ptr<scalar_t>();
-    scalar_t* ps = sigma.mutable_data_ptr<scalar_t>();
     const scalar_t* ph = hc.const_data_ptr<scalar_t>();
     const scalar_t* pp = pc.defined() ? pc.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* pk = mkc.defined() ? mkc.const_data_ptr<scalar_t>() : nullptr;
@@ -566,10 +449,10 @@ at::Tensor field_update_cuda(at::Tensor& field, at::Tensor& mag, at::Tensor& sig
     const scalar_t rho_t = rho, r_t = r, psi_t = psi;
     if (damp_field) {
       field_update_kernel<scalar_t, true><<<blocks, kThreads, 0, stream>>>(
-          pH, pm, ps, ph, pp, pk, rho_t, r_t, psi_t, numel, ppart);
+          pH, pm, ph, pp, pk, rho_t, r_t, psi_t, numel, ppart);
     } else {
       field_update_kernel<scalar_t, false><<<blocks, kThreads, 0, stream>>>(
-          pH, pm, ps, ph, pp, pk, rho_t, r_t, psi_t, numel, ppart);
+          pH, pm, ph, pp, pk, rho_t, r_t, psi_t, numel, ppart);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     field_delta_kernel<scalar_t><<<1, kThreads, 0, stream>>>(ppart, n_blocks, numel,
@@ -577,6 +460,33 @@ at::Tensor field_update_cuda(at::Tensor& field, at::Tensor& mag, at::Tensor& sig
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return delta;
+}
+
+// ---- weight variance σ = (1 − m²) · mask --------------------------------------------------
+
+// mag, sigma: n elements contiguous;  mask: n elements, nullptr: 1.
+template <typename T>
+__global__ void weight_var_kernel(const T* __restrict__ mag, const T* __restrict__ mask,
+                                  T* __restrict__ sigma, int64_t n) {
+  BPK_GRID_STRIDE(e, n) { sigma[e] = weight_variance(mag[e], mask ? mask[e] : T(1)); }
+}
+
+at::Tensor weight_var_cuda(const at::Tensor& mag, const std::optional<at::Tensor>& mask) {
+  check_weight_var(mag, mask);
+  check_cuda("bp_weight_var", mag, "mag");
+  const c10::cuda::CUDAGuard guard(mag.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const at::Tensor mc = mag.contiguous(), mkc = contiguous_or_null(mask);
+  at::Tensor sigma = at::empty_like(mc);
+  const int64_t n = mc.numel();
+  if (n == 0) return sigma;
+  AT_DISPATCH_FLOATING_TYPES(mag.scalar_type(), "bp_weight_var_cuda", [&] {
+    weight_var_kernel<scalar_t><<<elementwise_blocks(n), kThreads, 0, stream>>>(
+        mc.const_data_ptr<scalar_t>(), mkc.defined() ? mkc.const_data_ptr<scalar_t>() : nullptr,
+        sigma.mutable_data_ptr<scalar_t>(), n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return sigma;
 }
 
 #undef BPK_GRID_STRIDE
@@ -587,14 +497,10 @@ at::Tensor field_update_cuda(at::Tensor& field, at::Tensor& mag, at::Tensor& sig
 
 TORCH_LIBRARY_IMPL(bpkernels, CUDA, m) {
   m.impl("bp_linear_input", &bpk::cuda::linear_input_cuda);
-  m.impl("bp_linear_fwd", &bpk::cuda::linear_fwd_cuda);
-  m.impl("bp_linear_fwd_amp", &bpk::cuda::linear_fwd_amp_cuda);
   m.impl("bp_upfield", &bpk::cuda::upfield_cuda);
   m.impl("bp_output", &bpk::cuda::output_cuda);
   m.impl("bp_argmax_output", &bpk::cuda::argmax_output_cuda);
-  m.impl("bp_linear_bwd_mf", &bpk::cuda::linear_bwd_mf_cuda);
-  m.impl("bp_linear_bwd_amp", &bpk::cuda::linear_bwd_amp_cuda);
   m.impl("bp_linear_bwd_bpi", &bpk::cuda::linear_bwd_bpi_cuda);
   m.impl("bp_field_update_", &bpk::cuda::field_update_cuda);
-  m.impl("bp_bayes_fwd", &bpk::cuda::bayes_fwd_cuda);
+  m.impl("bp_weight_var", &bpk::cuda::weight_var_cuda);
 }

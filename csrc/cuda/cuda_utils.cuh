@@ -29,10 +29,10 @@ inline unsigned elementwise_blocks(int64_t n) {
   return static_cast<unsigned>(std::min(ceil_div(n, kThreads), kMaxElementwiseBlocks));
 }
 
-// Every CUDA entry point: after ArgChecker has checked that all tensors share the device of
-// `ref`, require that this device is a CUDA device.
-inline void check_cuda(const ArgChecker& check, const at::Tensor& ref, const char* name) {
-  TORCH_CHECK(ref.is_cuda(), check.op(), ": ", name,
+// Every CUDA entry point: after the operator's checks (checks.h) have established that all
+// tensors share the device of `ref`, require that this device is a CUDA device.
+inline void check_cuda(const char* op, const at::Tensor& ref, const char* name) {
+  TORCH_CHECK(ref.is_cuda(), op, ": ", name,
               " must be a CUDA tensor for the CUDA kernel, got device ", ref.device());
 }
 
@@ -84,17 +84,6 @@ template <typename T>
 struct alignas(4 * sizeof(T)) CoefOmega {
   T alpha, c, num, omega;
 };
-
-// Cavity preactivation mean ω̃ = ω − m x with the CPU kernels' rounding: the product and the
-// difference are rounded separately (no FMA contraction). Where ω̃ cancels and s is small, ĝ is
-// ill-conditioned in ω̃ (relative error ~ |alpha ω̃| · ulp(m x) / s); rounding like the CPU keeps
-// the two backends within a few ulps of each other there too.
-__device__ __forceinline__ float cavity_omega(float omega, float m, float x) {
-  return __fsub_rn(omega, __fmul_rn(m, x));
-}
-__device__ __forceinline__ double cavity_omega(double omega, double m, double x) {
-  return __dsub_rn(omega, __dmul_rn(m, x));
-}
 
 // ĝ = g(b_top, ω̃, s) from a coefficient record at the cavity preactivation mean ω̃:
 //   num / erfcx(alpha ω̃) for a hard label, num / [exp((alpha ω̃)² + c) + erfcx(alpha ω̃)] otherwise.

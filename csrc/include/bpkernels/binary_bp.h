@@ -3,6 +3,7 @@
 // CUDA kernels call them per thread, so every backend evaluates the same formulas.
 #pragma once
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <type_traits>
 
@@ -20,6 +21,16 @@ constexpr double kLn2 = 0.69314718055994530942;
 template <typename T>
 BPK_HD T inf_value() {
   return std::numeric_limits<T>::infinity();
+}
+
+// Variance of a ±1 weight with magnetisation m under its 0/1 mask (spec §4.0):
+//   σ = (1 − m²) · mask.
+// σ is derived state: every operator that needs it evaluates this function (the CPU kernels in
+// an ISA-dispatched vectorised loop, where the compiler contracts 1 − m² into one FMA, as it did
+// when the field update stored σ).
+template <typename T>
+BPK_HD T weight_variance(T mag, T mask) {
+  return (T(1) - mag * mag) * mask;
 }
 
 // Input moments of a hidden layer from the upward field of the layer below and this layer's
@@ -151,6 +162,40 @@ BPK_HD T output_gamma(T g, T omega, T var) {
   return g * (omega / var + g);
 }
 
+// ---- BP cavity quantities (spec §4.2, §4.3) --------------------------------------------------
+
+// Cavity input of factor k for input i and sample a:  x̃ = tanh(x_in + b̃) for a hidden layer
+// (x_in = u of the layer below, b̃ = b_cav[e]), x̃ = x_in for the first layer (b_cav = nullptr).
+template <typename T>
+BPK_HD T cavity_input(T x_in, const T* b_cav, std::int64_t e) {
+  return b_cav ? vtanh(x_in + b_cav[e]) : x_in;
+}
+
+// Cavity preactivation mean  ω̃ = ω − m x  (the factor's mean without the edge's own term).
+// On the device the product and the difference are rounded separately (no FMA contraction), as
+// in the CPU's scalar BP loops: where ω̃ cancels and s is small, ĝ is ill-conditioned in ω̃
+// (relative error ~ |alpha ω̃| · ulp(m x) / s), and equal rounding keeps the backends within a
+// few ulps of each other there too.
+template <typename T>
+BPK_HD T cavity_omega(T omega, T m, T x) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same<T, float>::value) {
+    return __fsub_rn(omega, __fmul_rn(m, x));
+  } else {
+    return __dsub_rn(omega, __dmul_rn(m, x));
+  }
+#else
+  return omega - m * x;
+#endif
+}
+
+// Cavity magnetisation update after the field update (H the new field):
+//   m̃ ← ψ m̃ + (1 − ψ) tanh(H − ĝ x̃) · mask.
+template <typename T>
+BPK_HD T cavity_mag_update(T mag_cav, T field, T g_cav, T x_cav, T mask, T psi) {
+  return psi * mag_cav + (T(1) - psi) * vtanh(field - g_cav * x_cav) * mask;
+}
+
 // ArgMax output layer, one wrong class k ≠ c of a sample with true class c (spec §2.3):
 //   g_k = −GH(−(ω_c − ω_k)/s_k) / s_k,  s_k = √(V_k + V_c),  GH(z) = √(2/π) / erfcx(z/√2);
 // the true class gets g_c = −Σ_{k≠c} g_k.
@@ -162,7 +207,7 @@ BPK_HD T argmax_g_wrong_class(T omega_true, T omega_k, T var_true, T var_k) {
 
 // Field / reinforcement / damping update of one weight (spec §4.1 step 4, §5.1):
 //   H ← H_in + r H + ρ H_prior,   m ← [ψ m + (1 − ψ) tanh H] · mask.
-// Returns the new magnetisation; σ = (1 − m²)·mask is left to the caller.
+// Returns the new magnetisation (σ is derived from it where it is used: weight_variance).
 template <typename T>
 BPK_HD T field_update(T& field, T h_in, T field_prior, T mag, T mask, T rho, T r, T psi) {
   field = h_in + r * field + rho * field_prior;
