@@ -1,6 +1,6 @@
 r"""Message-passing convolutions: ``BPConv2d``.
 
-A convolution is a dense layer with weight sharing (spec ALGORITHMS.md §9). Weights
+A convolution is a dense layer with weight sharing (docs/algorithms.md §9). Weights
 :math:`W_{kcr}` (out channel k, in channel c, kernel offset r), one factor per (sample a, output
 position p, out channel k) with preactivation :math:`z_{kpa} = \sum_{c,r} W_{kcr}\,x_{c,p+r,a}`.
 Every factor is a dense-layer factor over its C·R_k inputs (R_k = kh·kw), so the updates of §4

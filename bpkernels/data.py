@@ -5,7 +5,7 @@ Fashion-MNIST is read from the four gzip IDX files that the Debian package
 ``dataset-fashion-mnist`` installs in ``/usr/share/datasets/fashion-mnist`` (or from any folder
 holding the same files, gzipped or not). Images are flattened to 784 and normalised with one
 global mean and std over all training pixels, x ← (x − μ)/(std + 1e-5), the same statistics
-applied to the test set (spec §1.1). Tasks: ``"10class"`` (labels 0..9) or ``"evenodd"``
+applied to the test set (docs/algorithms.md §1.1). Tasks: ``"10class"`` (labels 0..9) or ``"evenodd"``
 (label +1 for an odd class index, −1 for even).
 """
 

@@ -2,7 +2,7 @@ r"""The bpkernels operators: one message-passing update of a dense layer of ±1 
 
 Every function calls ``torch.ops.bpkernels.<name>``, implemented by fused C++ kernels on the
 CPU and CUDA kernels on the GPU, and has a pure-PyTorch twin of the same name in
-:mod:`bpkernels.reference`. The maths is spec ``ALGORITHMS.md`` §2–§6.
+:mod:`bpkernels.reference`. The maths is ``docs/algorithms.md`` §2–§6.
 
 Shapes (batch-first): B samples, N inputs, K units. Activations x̂, Δ, u, b: [B, N];
 preactivation moments ω, V, g, Γ, b_top: [B, K]; field H, magnetisation m, mask: [K, N]; BP
@@ -30,7 +30,7 @@ def bp_linear_input(u: Tensor, b: Tensor | None = None) -> tuple[Tensor, Tensor]
 
 
 def bp_linear_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, mask: Tensor | None = None):
-    r"""Preactivation moments and upward field (spec §4.0).
+    r"""Preactivation moments and upward field (docs/algorithms.md §4.0).
 
     .. math::
         \omega = \hat x\, m^\top,\quad V = \hat x^{2}\sigma^\top + \Delta\,(m^2+\sigma)^\top + \varepsilon,
@@ -47,7 +47,7 @@ def bp_linear_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, mask: Tensor
 
 
 def bp_linear_fwd_amp(x_hat, delta, mag, mask, g_old, x_hat_old, mag_old):
-    r"""AMP forward with the Onsager terms of the previous inner iteration (spec §4.4):
+    r"""AMP forward with the Onsager terms of the previous inner iteration (docs/algorithms.md §4.4):
 
     .. math::
         \omega = \hat x m^\top - g^{old}\odot[(\hat x\odot\hat x^{old})\sigma^\top]
@@ -65,7 +65,7 @@ def bp_upfield(omega: Tensor, var: Tensor) -> Tensor:
 
 
 def bp_output(b_top: Tensor, omega: Tensor, var: Tensor, hard: bool = False):
-    r"""Output function of sign units and its curvature (spec §2.2):
+    r"""Output function of sign units and its curvature (docs/algorithms.md §2.2):
 
     .. math::
         g = \partial_\omega \ln\!\big[e^{b}\mathcal H(-\omega/s) + e^{-b}\mathcal H(\omega/s)\big],\qquad
@@ -83,7 +83,7 @@ def bp_output(b_top: Tensor, omega: Tensor, var: Tensor, hard: bool = False):
 
 
 def bp_argmax_output(omega: Tensor, var: Tensor, labels: Tensor) -> Tensor:
-    r"""g of the multi-class argmax output layer (spec §2.3): for sample a of class c and k ≠ c,
+    r"""g of the multi-class argmax output layer (docs/algorithms.md §2.3): for sample a of class c and k ≠ c,
 
     .. math::
         g_{ak} = -\frac{\sqrt{2/\pi}}{s_{ak}\,\mathrm{erfcx}\big(-(\omega_{ac}-\omega_{ak})/(\sqrt2 s_{ak})\big)},
@@ -100,7 +100,7 @@ def bp_argmax_output(omega: Tensor, var: Tensor, labels: Tensor) -> Tensor:
 
 
 def bp_linear_bwd_mf(g: Tensor, x_hat: Tensor, mag: Tensor, compute_b: bool = True):
-    r"""Mean-field backward (spec §4.1): :math:`b = g\,m` [B, N], :math:`H_{in} = g^\top \hat x` [K, N].
+    r"""Mean-field backward (docs/algorithms.md §4.1): :math:`b = g\,m` [B, N], :math:`H_{in} = g^\top \hat x` [K, N].
 
     ``compute_b=False`` (first layer) returns an empty [B, 0] b.
     """
@@ -109,7 +109,7 @@ def bp_linear_bwd_mf(g: Tensor, x_hat: Tensor, mag: Tensor, compute_b: bool = Tr
 
 def bp_linear_bwd_amp(g, gamma, x_hat, delta, mag, mask=None, g_old=None, x_hat_old=None,
                       mag_old=None, compute_b: bool = True):
-    r"""AMP backward (spec §4.4): MF plus the self-reaction terms, and the Onsager terms when the
+    r"""AMP backward (docs/algorithms.md §4.4): MF plus the self-reaction terms, and the Onsager terms when the
     previous iteration's (g_old [B, K], x_hat_old [B, N], mag_old [K, N]) are given
     (g, gamma [B, K], x_hat, delta [B, N], mag and mask [K, N] as :func:`bp_linear_fwd`):
 
@@ -128,7 +128,7 @@ def bp_linear_bwd_amp(g, gamma, x_hat, delta, mag, mask=None, g_old=None, x_hat_
 
 
 def bp_linear_bwd_bpi(b_top, omega, var, x_hat, mag, hard: bool = False, compute_b: bool = True):
-    r"""The fused BPI cavity backward (spec §4.2, §8.4 item 3):
+    r"""The fused BPI cavity backward (docs/algorithms.md §4.2, §8.4 item 3):
 
     .. math::
         \hat g_{kia} = g\big(b^{top}_{ak},\ \omega_{ak} - m_{ki}\hat x_{ai},\ \sqrt{V_{ak}}\big),\qquad
@@ -147,7 +147,7 @@ def bp_linear_bwd_bpi(b_top, omega, var, x_hat, mag, hard: bool = False, compute
 
 
 def bp_linear_omega_bp(x_in: Tensor, b_cav: Tensor | None, mag_cav: Tensor) -> Tensor:
-    r"""BP (τ_max > 1) cavity forward (spec §4.3): :math:`\omega_{ak} = \sum_i \tilde m_{kia}\tilde x_{kia}`
+    r"""BP (τ_max > 1) cavity forward (docs/algorithms.md §4.3): :math:`\omega_{ak} = \sum_i \tilde m_{kia}\tilde x_{kia}`
     with :math:`\tilde x = \tanh(x_{in} + \tilde b)` (hidden layer, x_in = u below) or x_in (first layer,
     b_cav None). x_in [B, N], b_cav and mag_cav [K, N, B]; returns [B, K]."""
     return _ops.bp_linear_omega_bp.default(x_in, b_cav, mag_cav)
@@ -155,7 +155,7 @@ def bp_linear_omega_bp(x_in: Tensor, b_cav: Tensor | None, mag_cav: Tensor) -> T
 
 def bp_linear_bwd_bp(b_top, omega, var, x_in, b_cav, mag_cav, hard: bool = False,
                      compute_b: bool = True):
-    r"""BP (τ_max > 1) cavity backward (spec §4.3): as :func:`bp_linear_bwd_bpi` with per-edge
+    r"""BP (τ_max > 1) cavity backward (docs/algorithms.md §4.3): as :func:`bp_linear_bwd_bpi` with per-edge
     cavity means :math:`\tilde m_{kia}` and inputs :math:`\tilde x_{kia}`."""
     return _ops.bp_linear_bwd_bp.default(b_top, omega, var, x_in, b_cav, mag_cav, hard, compute_b)
 
@@ -175,7 +175,7 @@ def bp_cavity_update_(mag_cav, b_cav, b_top, omega, var, x_in, b, field, mask, p
 
 def bp_field_update_(field, mag, h_in, field_prior=None, mask=None, rho: float = 1.0,
                      r: float = 0.0, psi: float = 0.8, damp_field: bool = False) -> Tensor:
-    r"""In-place field / reinforcement / damping update of a layer (spec §4.1 step 4, §4.5, §5.1):
+    r"""In-place field / reinforcement / damping update of a layer (docs/algorithms.md §4.1 step 4, §4.5, §5.1):
 
     .. math::
         H \leftarrow H_{in} + rH + \rho H^{prior},\qquad m \leftarrow [\psi m + (1-\psi)\tanh H]\odot\mathrm{mask}
@@ -193,7 +193,7 @@ def bp_field_update_(field, mag, h_in, field_prior=None, mask=None, rho: float =
 
 
 def bp_bayes_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, mask: Tensor | None = None):
-    r"""Bayesian moment propagation through one layer (spec §6):
+    r"""Bayesian moment propagation through one layer (docs/algorithms.md §6):
     :math:`\hat x' = \operatorname{erf}(\omega/\sqrt{2V})`, :math:`\Delta' = 1 - \hat x'^2` with ω, V as
     :func:`bp_linear_fwd` (x_hat, delta [B, N], mag, mask [K, N]). Returns (x_hat_out, delta_out),
     each [B, K]."""

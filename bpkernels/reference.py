@@ -1,7 +1,7 @@
 r"""Pure-PyTorch twin of every ``bpkernels`` operator: the executable spec.
 
 Each function here has exactly the signature and the semantics of the operator of the same
-name in :mod:`bpkernels.ops` (spec ``../shared/spec/ALGORITHMS.md``), written for clarity, not
+name in :mod:`bpkernels.ops` (``docs/algorithms.md``), written for clarity, not
 speed: it materialises the K×N×B cavity tensors that the kernels never build. It is the oracle
 of the tests and the baseline of the benchmarks.
 
@@ -82,7 +82,7 @@ def bp_linear_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, mask: Tensor
 
 
 def bp_linear_fwd_amp(x_hat, delta, mag, mask, g_old, x_hat_old, mag_old):
-    """Spec for ``bpkernels::bp_linear_fwd_amp``: ω with the Onsager terms of spec §4.4."""
+    """Spec for ``bpkernels::bp_linear_fwd_amp``: ω with the Onsager terms of docs/algorithms.md §4.4."""
     sigma = bp_weight_var(mag, mask)
     omega, var = _moments(x_hat, delta, mag, sigma)
     omega = omega - g_old * ((x_hat * x_hat_old) @ sigma.T)
@@ -104,7 +104,7 @@ def bp_output(b_top: Tensor, omega: Tensor, var: Tensor, hard: bool) -> tuple[Te
 
 
 def bp_argmax_output(omega: Tensor, var: Tensor, labels: Tensor) -> Tensor:
-    """Spec for ``bpkernels::bp_argmax_output`` (spec §2.3)."""
+    """Spec for ``bpkernels::bp_argmax_output`` (docs/algorithms.md §2.3)."""
     B, K = omega.shape
     rows = torch.arange(B, device=omega.device)
     omega_c = omega[rows, labels].unsqueeze(1)
@@ -122,7 +122,7 @@ def bp_linear_bwd_mf(g: Tensor, x_hat: Tensor, mag: Tensor, compute_b: bool):
 
 
 def bp_linear_bwd_amp(g, gamma, x_hat, delta, mag, mask, g_old, x_hat_old, mag_old, compute_b):
-    """Spec for ``bpkernels::bp_linear_bwd_amp`` (spec §4.4), σ = (1 − m²)·mask."""
+    """Spec for ``bpkernels::bp_linear_bwd_amp`` (docs/algorithms.md §4.4), σ = (1 − m²)·mask."""
     sigma = bp_weight_var(mag, mask)
     h_in = g.T @ x_hat + mag * (gamma.T @ x_hat.square())
     b = g @ mag + x_hat * (gamma @ mag.square()) if compute_b else x_hat.new_empty(x_hat.shape[0], 0)
@@ -144,7 +144,7 @@ def cavity_g(b_top, omega, var, x_cav, mag_cav, hard):
 
 
 def bp_linear_bwd_bpi(b_top, omega, var, x_hat, mag, hard: bool, compute_b: bool):
-    """Spec for ``bpkernels::bp_linear_bwd_bpi``: b[a,i] = Σ_k m ĝ, H_in[k,i] = Σ_a ĝ x̂ (spec §4.2)."""
+    """Spec for ``bpkernels::bp_linear_bwd_bpi``: b[a,i] = Σ_k m ĝ, H_in[k,i] = Σ_a ĝ x̂ (docs/algorithms.md §4.2)."""
     x_t = x_hat.T[None, :, :]  # [1, N, B]
     g_cav = cavity_g(b_top, omega, var, x_t, mag[:, :, None], hard)  # [K, N, B]
     h_in = (g_cav * x_t).sum(dim=2)
@@ -163,7 +163,7 @@ def bp_linear_omega_bp(x_in, b_cav, mag_cav):
 
 
 def bp_linear_bwd_bp(b_top, omega, var, x_in, b_cav, mag_cav, hard: bool, compute_b: bool):
-    """Spec for ``bpkernels::bp_linear_bwd_bp`` (spec §4.3 backward steps 1–3)."""
+    """Spec for ``bpkernels::bp_linear_bwd_bp`` (docs/algorithms.md §4.3 backward steps 1–3)."""
     x_cav = _cavity_input(x_in, b_cav)
     g_cav = cavity_g(b_top, omega, var, x_cav, mag_cav, hard)
     h_in = (g_cav * x_cav).sum(dim=2)
@@ -183,7 +183,7 @@ def bp_cavity_update_(mag_cav, b_cav, b_top, omega, var, x_in, b, field, mask, p
 
 def bp_field_update_(field, mag, h_in, field_prior, mask, rho: float, r: float, psi: float,
                      damp_field: bool) -> Tensor:
-    """Spec for ``bpkernels::bp_field_update_`` (spec §4.1 step 4, §4.5, §5.1)."""
+    """Spec for ``bpkernels::bp_field_update_`` (docs/algorithms.md §4.1 step 4, §4.5, §5.1)."""
     prior = field if field_prior is None else field_prior
     msk = torch.ones_like(field) if mask is None else mask
     target = h_in + r * field + rho * prior
@@ -200,7 +200,7 @@ def bp_field_update_(field, mag, h_in, field_prior, mask, rho: float, r: float, 
 
 
 def bp_bayes_fwd(x_hat, delta, mag, mask):
-    """Spec for ``bpkernels::bp_bayes_fwd``: x̂ = erf(ω/√(2V)), Δ = 1 − x̂² (spec §6)."""
+    """Spec for ``bpkernels::bp_bayes_fwd``: x̂ = erf(ω/√(2V)), Δ = 1 − x̂² (docs/algorithms.md §6)."""
     omega, var = _moments(x_hat, delta, mag, bp_weight_var(mag, mask))
     x_out = torch.erf(omega / (2.0 * var).sqrt())
     return x_out, 1.0 - x_out.square()

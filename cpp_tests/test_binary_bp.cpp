@@ -1,7 +1,7 @@
-// Host tests of the torch-free scalar maths in bpkernels/binary_bp.h: the known values of spec
-// ALGORITHMS.md §11.1–§11.4, symmetries, far tails, hard labels as ±inf fields, b = 0, the argmax
-// identity and the field / damping updates. Reference values come from the spec or from mpmath
-// at 40 digits (the formulas of spec §2.2).
+// Host tests of the torch-free scalar maths in bpkernels/binary_bp.h: the known values of
+// docs/algorithms.md §11.1–§11.4, symmetries, far tails, hard labels as ±inf fields, b = 0, the argmax
+// identity and the field / damping updates. Reference values come from docs/algorithms.md §11 or from mpmath
+// at 40 digits (the formulas of docs/algorithms.md §2.2).
 #include "bpkernels/binary_bp.h"
 
 #include <gtest/gtest.h>
@@ -15,7 +15,7 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-// Spec §11 tolerances: 1e-9 relative in float64, 1e-5 in float32.
+// docs/algorithms.md §11 tolerances: 1e-9 relative in float64, 1e-5 in float32.
 template <typename T>
 double rel_tol() {
   return sizeof(T) == 8 ? 1e-9 : 1e-5;
@@ -92,7 +92,7 @@ TYPED_TEST(BinaryBpTyped, OutputKnownValues) {
       {-kInf, -1.0, 1.0, -0.287599970939, 0.370313714223},
       {kInf, -30.0, 1.0, 30.0332596674, 0.998896228488},
       // mpmath, direct formula g = 2 sinh b G(ω/s) / (s [e^b H(−ω/s) + e^−b H(ω/s)]):
-      {10.0, -6.0, 1.0, 1.9935691084385111873, -7.9870968605107467466},  // spec §10.1 pitfall
+      {10.0, -6.0, 1.0, 1.9935691084385111873, -7.9870968605107467466},  // docs/algorithms.md §10.1 pitfall
       {30.0, -6.0, 1.0, 6.1584826045445988626, 0.97601236321083288377},  // tanh b rounds to 1
       {-20.0, 3.0, 0.5, -12.316965156050999357, 3.9040487827624266586},
       {5.0, -10.0, 2.0, 0.016270121311659554851, -0.040410586431652768693},
@@ -117,7 +117,7 @@ TYPED_TEST(BinaryBpTyped, OutputKnownValues) {
 
 TYPED_TEST(BinaryBpTyped, OutputUnderflowAndZeroField) {
   using T = TypeParam;
-  // g(3, 40, 1) underflows to exactly 0 (spec §11.1), and so does Γ.
+  // g(3, 40, 1) underflows to exactly 0 (docs/algorithms.md §11.1), and so does Γ.
   const T g = g_soft<T>(T(3), T(40), T(1));
   EXPECT_EQ(g, T(0));
   EXPECT_EQ(bpk::output_gamma(g, T(40), T(1)), T(0));
@@ -232,7 +232,7 @@ TYPED_TEST(BinaryBpTyped, FarTailsStayFinite) {
 
 TYPED_TEST(BinaryBpTyped, ArgmaxKnownValuesAndIdentity) {
   using T = TypeParam;
-  // Spec §11.4: classes (columns) of two samples, true classes 2 and 1 (1-based).
+  // docs/algorithms.md §11.4: classes (columns) of two samples, true classes 2 and 1 (1-based).
   const double omega[2][3] = {{0.3, 1.2, -0.5}, {-1.0, 0.4, 0.2}};
   const double var[2][3] = {{1.0, 0.5, 2.0}, {2.0, 1.5, 0.7}};
   const int label[2] = {1, 0};
@@ -275,7 +275,7 @@ TYPED_TEST(BinaryBpTyped, InputMoments) {
 
 TYPED_TEST(BinaryBpTyped, FieldUpdate) {
   using T = TypeParam;
-  // Spec §11.2 BPI, weight (1, 1): H = 0.4, H_in = 0.1785896255, θ = ρH, ρ = 1, r = 0, ψ = 0.8.
+  // docs/algorithms.md §11.2 BPI, weight (1, 1): H = 0.4, H_in = 0.1785896255, θ = ρH, ρ = 1, r = 0, ψ = 0.8.
   T field = T(0.4);
   const T m = bpk::field_update(field, T(0.1785896255), T(0.4), std::tanh(T(0.4)), T(1), T(1),
                                 T(0), T(0.8));
@@ -303,7 +303,7 @@ TYPED_TEST(BinaryBpTyped, FieldUpdateDampedField) {
   const double h = 0.8 * 0.7 + 0.2 * (-0.2 + 0.05 * 0.7 + 0.9 * 0.7);
   EXPECT_REL(field, h, rel_tol<T>());
   EXPECT_REL(m, std::tanh(h), rel_tol<T>());
-  // With θ = ρH: H ← (ψ + (1 − ψ)ρ) H + (1 − ψ) H_in (spec §4.5).
+  // With θ = ρH: H ← (ψ + (1 − ψ)ρ) H + (1 − ψ) H_in (docs/algorithms.md §4.5).
   field = T(2);
   bpk::field_update_damped_field(field, T(1), T(2), T(1), T(0.9), T(0), T(0.8));
   EXPECT_REL(field, (0.8 + 0.2 * 0.9) * 2 + 0.2 * 1, rel_tol<T>());

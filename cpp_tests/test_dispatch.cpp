@@ -1,7 +1,7 @@
 // The bpkernels operators called through the c10 dispatcher on CPU tensors, without Python:
 // every schema registered in the bpkernels namespace has a CPU kernel (the list comes from the
 // dispatcher, so it cannot drift from csrc/ops.cpp), a few operators reproduce spec
-// ALGORITHMS.md §11 values, and bad inputs throw c10::Error naming the argument.
+// docs/algorithms.md §11 values, and bad inputs throw c10::Error naming the argument.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <gtest/gtest.h>
@@ -28,7 +28,7 @@ c10::TypedOperatorHandle<Sig> op(const char* name) {
       .typed<Sig>();
 }
 
-// A float64 tensor from rows (the spec's layout); .t() gives the batch-first layout.
+// A float64 tensor from rows (the layout of docs/algorithms.md); .t() gives the batch-first layout.
 Tensor mat(std::vector<std::vector<double>> rows) {
   const int64_t r = static_cast<int64_t>(rows.size()), c = static_cast<int64_t>(rows[0].size());
   Tensor t = at::empty({r, c}, at::kDouble);
@@ -38,7 +38,7 @@ Tensor mat(std::vector<std::vector<double>> rows) {
   return t;
 }
 
-// Spec §11 tolerance: 1e-9 relative; the printed values carry 10 decimals.
+// docs/algorithms.md §11 tolerance: 1e-9 relative; the printed values carry 10 decimals.
 void expect_spec(const Tensor& got, const Tensor& want, const char* what) {
   ASSERT_EQ(got.sizes(), want.sizes()) << what;
   EXPECT_TRUE(at::allclose(got, want, 1e-9, 1e-10)) << what << "\n got " << got << "\n want " << want;
@@ -161,7 +161,7 @@ TEST(Dispatch, ArgmaxOutput) {
 }
 
 TEST(Dispatch, BayesianForward) {
-  // Spec §11.5's net with its initial fields: x̂_out = erf(ω/(√2 s)) through both layers.
+  // docs/algorithms.md §11.5's net with its initial fields: x̂_out = erf(ω/(√2 s)) through both layers.
   const auto bayes = op<Pair(const Tensor&, const OptTensor&, const Tensor&, const OptTensor&)>("bp_bayes_fwd");
   const Tensor x = mat({{0.5, -1.0}, {1.5, 0.2}, {-0.3, 0.8}}).t().contiguous();
   const Tensor m1 = mat({{0.4, -1.0, 0.7}, {-0.3, 0.2, 1.5}}).tanh(), m2 = mat({{0.9, -0.4}}).tanh();

@@ -55,7 +55,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_fwd(const at::Tensor& x_ha
   return {omega, var, u};
 }
 
-// AMP forward with Onsager terms (spec §4.4):
+// AMP forward with Onsager terms (docs/algorithms.md §4.4):
 //   ω = x̂ mᵀ − g_old ⊙ [(x̂ ⊙ x̂_old) σᵀ] − g_old ⊙ [Δ (m ⊙ m_old)ᵀ]
 //       + g_old² ⊙ [(x̂_old ⊙ Δ)(σ ⊙ m_old)ᵀ];   V, u as linear_fwd.
 //   g_old [B, K], x_hat_old [B, N], mag_old [K, N].
@@ -84,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd_mf(const at::Tensor& g, const at::
   return {b, at::mm(g.t(), x_hat)};
 }
 
-// AMP backward (spec §4.4), σ = (1 − m²)·mask:
+// AMP backward (docs/algorithms.md §4.4), σ = (1 − m²)·mask:
 //   b    = g m + x̂ ⊙ (Γ m²) − x̂_old ⊙ ((g ⊙ g_old) σ) − x̂ ⊙ x̂_old ⊙ ((g_old ⊙ Γ)(σ ⊙ m))
 //   H_in = gᵀ x̂ + m ⊙ (Γᵀ x̂²) − m_old ⊙ ((g ⊙ g_old)ᵀ Δ) − m ⊙ m_old ⊙ ((g_old ⊙ Γ)ᵀ (Δ ⊙ x̂))
 // The old-state terms are dropped when g_old is None (first inner iteration).
@@ -114,7 +114,7 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd_amp(
   return {b, h_in};
 }
 
-// Bayesian moment propagation (spec §6): ω, V as linear_fwd, x̂ = erf(ω/√(2V)), Δ = 1 − x̂².
+// Bayesian moment propagation (docs/algorithms.md §6): ω, V as linear_fwd, x̂ = erf(ω/√(2V)), Δ = 1 − x̂².
 std::tuple<at::Tensor, at::Tensor> bayes_fwd(const at::Tensor& x_hat, const OptTensor& delta,
                                              const at::Tensor& mag, const OptTensor& mask) {
   check_linear_fwd("bp_bayes_fwd", x_hat, delta, mag, mask);

@@ -24,7 +24,7 @@ TORCH_LIBRARY(bpkernels, m) {
   m.def(
       "bp_linear_fwd(Tensor x_hat, Tensor? delta, Tensor mag, Tensor? mask) "
       "-> (Tensor omega, Tensor var, Tensor u)");
-  // AMP forward with the Onsager corrections of the previous inner iteration (spec §4.4).
+  // AMP forward with the Onsager corrections of the previous inner iteration (docs/algorithms.md §4.4).
   m.def(
       "bp_linear_fwd_amp(Tensor x_hat, Tensor? delta, Tensor mag, Tensor? mask, Tensor g_old, "
       "Tensor x_hat_old, Tensor mag_old) -> (Tensor omega, Tensor var, Tensor u)");
@@ -32,13 +32,13 @@ TORCH_LIBRARY(bpkernels, m) {
   m.def("bp_upfield(Tensor omega, Tensor var) -> Tensor");
   // Sign-unit output function g and curvature Γ; hard = True reads b_top as labels ±1.
   m.def("bp_output(Tensor b_top, Tensor omega, Tensor var, bool hard) -> (Tensor g, Tensor gamma)");
-  // ArgMax output layer g for integer class labels (spec §2.3).
+  // ArgMax output layer g for integer class labels (docs/algorithms.md §2.3).
   m.def("bp_argmax_output(Tensor omega, Tensor var, Tensor labels) -> Tensor");
   // MF backward: b = g m,  H_in = gᵀ x̂  (compute_b = False: b is an empty [B, 0] tensor).
   m.def(
       "bp_linear_bwd_mf(Tensor g, Tensor x_hat, Tensor mag, bool compute_b) "
       "-> (Tensor b, Tensor h_in)");
-  // AMP backward with self-reaction and (given the old state) Onsager terms (spec §4.4).
+  // AMP backward with self-reaction and (given the old state) Onsager terms (docs/algorithms.md §4.4).
   m.def(
       "bp_linear_bwd_amp(Tensor g, Tensor gamma, Tensor x_hat, Tensor? delta, Tensor mag, "
       "Tensor? mask, Tensor? g_old, Tensor? x_hat_old, Tensor? mag_old, bool compute_b) "

@@ -1,4 +1,4 @@
-"""Gradient baselines (spec BASELINES.md): straight-through primitives, the BayesBiNN optimiser
+"""Gradient baselines (docs/baselines.md): straight-through primitives, the BayesBiNN optimiser
 (stable scale factor, parameter groups, zero-gradient limit, sampler), learning on
 teacher–student tasks, and exact resumption.
 
@@ -40,7 +40,7 @@ def _one_thread():
 # Primitives
 
 def test_proxy_derivatives_match_reference_table():
-    # BASELINES.md §4.8 check 1: κ(a) for hard-tanh (s = 1), logistic ½ (proxy tanh a),
+    # docs/baselines.md §4.8 check 1: κ(a) for hard-tanh (s = 1), logistic ½ (proxy tanh a),
     # logistic 1 and Gaussian 1.
     a = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.3, 1.5], dtype=torch.float64)
     expected = {
@@ -69,7 +69,7 @@ def test_sign_ste_forward_and_backward():
 
 
 def test_gumbel_scale_is_stable_in_float32():
-    # BASELINES.md §3.10 check 1: (λ, δ, τ, ln 𝔰) with float64 reference values; float32 must
+    # docs/baselines.md §3.10 check 1: (λ, δ, τ, ln 𝔰) with float64 reference values; float32 must
     # match within 1e-5 (1 + |ln 𝔰|), including the rows where 1 − tanh² underflows.
     rows = [(0, 0, 1, 0.0), (1, -0.3, 1, 0.413021), (3, -2.5, 0.1, -1.692554),
             (-2, 0.5, 0.3, -4.759818), (10, -9.99, 0.01, 22.351314), (10, 0.2, 1e-10, -2.04e11),

@@ -81,7 +81,7 @@ def test_predictions_match_twin_and_training_forward(cfg):
     for delta in (None, 1 - x_hat.square()):
         for a, b in zip(ext.bayes(x_hat, delta), twin.bayes(x_hat, delta)):
             assert_close(a, b, **tol(F64), name="bayes")
-    # Spec §11.6: the training forward at τ = 1 is the Bayesian forward, tanh(u) = erf(ω/√2V).
+    # docs/algorithms.md §11.6: the training forward at τ = 1 is the Bayesian forward, tanh(u) = erf(ω/√2V).
     u = ext.mp_forward(ext.mp_begin(1), x, first=True)
     assert_close(torch.tanh(u), ext.bayes(x, None)[0], rtol=1e-9, atol=1e-12, name="tanh u")
 

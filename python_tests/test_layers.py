@@ -1,4 +1,4 @@
-"""BPLinear / BPSequential: the spec's mini-batch step through model.bp_step, BP with τ_max > 1
+"""BPLinear / BPSequential: the mini-batch step of docs/algorithms.md §3 through model.bp_step, BP with τ_max > 1
 against the PyTorch twin, module behaviour (state_dict, dtype, device), predictions, errors."""
 
 import math
@@ -14,7 +14,7 @@ from helpers import use_twin_ops
 
 F64 = torch.float64
 
-# Spec §11.5: 3 → 2 → 1, B = 2, ρ = (1, 0.9), ψ = 0.8, given initial fields.
+# docs/algorithms.md §11.5: 3 → 2 → 1, B = 2, ρ = (1, 0.9), ψ = 0.8, given initial fields.
 X_115 = torch.tensor([[0.5, -1.0], [1.5, 0.2], [-0.3, 0.8]], dtype=F64).T
 Y_115 = torch.tensor([1.0, -1.0], dtype=F64)
 H1_115 = [[0.4, -1.0, 0.7], [-0.3, 0.2, 1.5]]
@@ -102,7 +102,7 @@ def test_inner_iterations_match_twin(monkeypatch, algo, output, tau_max):
 
 
 def test_bp_inner_iterations_differ_from_bpi():
-    """BP only differs from BPI for τ_max > 1 (spec §4.3): a guard that the cavity path runs."""
+    """BP only differs from BPI for τ_max > 1 (docs/algorithms.md §4.3): a guard that the cavity path runs."""
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(9, 12, generator=gen, dtype=F64)
     y = torch.randint(0, 3, (9,), generator=gen)

@@ -58,7 +58,7 @@ def call(impl, op, args):
 
 def rounding_slack(op, args, ref64, eps):
     """Element-wise rounding scale (None: the default) of outputs whose formula cancels, for
-    the float32 budget. Both are inherent to the spec's formulas, kernel and twin alike:
+    the float32 budget. Both are inherent to the formulas of docs/algorithms.md, kernel and twin alike:
     Γ = g (ω/V + g) cancels where the label disagrees strongly with ω (ω/V ≈ −g; relative
     error ~ (ω/s)² ulps), and δ = mean |m_new − m_old| is a difference of O(1) magnetisations."""
     slack = [None] * len(ref64)

@@ -1,8 +1,8 @@
-"""The float64 test vectors of spec ALGORITHMS.md §11.1–§11.5, the identities of §11.6 and the
+"""The float64 test vectors of docs/algorithms.md §11.1–§11.5, the identities of §11.6 and the
 brute-force tree check of §11.7, reproduced through the operators (``bpkernels.ops``) and
 through their pure-PyTorch twins (``bpkernels.reference``).
 
-Layout: the spec writes activations N×B, preactivations K×B and fields K×N; the operators are
+Layout: docs/algorithms.md writes activations N×B, preactivations K×B and fields K×N; the operators are
 batch-first, so activations and preactivations are transposed here ([B, N], [B, K]) and fields
 are not. The cavity ĝ[k, i, a] is K×N×B in both.
 """
@@ -21,7 +21,7 @@ from bpkernels import ops, reference
 
 IMPLS = {"ops": ops, "twin": reference}
 
-# Spec §11 asks for 1e-9 relative in float64. Its values are printed rounded to 10 decimal
+# docs/algorithms.md §11 asks for 1e-9 relative in float64. Its values are printed rounded to 10 decimal
 # places (about 8 significant digits for the smallest entries), so an absolute 1e-10 covers
 # the printing (half a unit of the 10th decimal is 5e-11).
 SPEC = dict(rtol=1e-9, atol=1e-10)
@@ -230,7 +230,7 @@ def test_binary_output_layer(impl, device, hard):
     assert_close(var, t([OUT_113["var"]], device).T, **SPEC, name="V")
     g, _ = impl.bp_output(b_top, omega, var, hard)
     assert_close(g, t([OUT_113["g"]], device).T, **SPEC, name="g")
-    # The perceptron channel: g = y GH(−yω/s)/s with GH(z) = G(z)/H(z) (spec §4.6).
+    # The perceptron channel: g = y GH(−yω/s)/s with GH(z) = G(z)/H(z) (docs/algorithms.md §4.6).
     s = var.sqrt()
     z = -y * omega / s
     gh = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi) / (0.5 * torch.erfc(z / math.sqrt(2)))
@@ -307,7 +307,7 @@ def _net_115(device):
 
 
 def _pasp_step(impl, variant, device):
-    """One τ_max = 1 PasP step of the 3 → 2 → 1 net composed from the operators (spec §3):
+    """One τ_max = 1 PasP step of the 3 → 2 → 1 net composed from the operators (docs/algorithms.md §3):
     forward sweep, then the backward sweep from the hard-labelled output down to the first
     layer (which computes no b), each layer followed by its field / damping update."""
     x, y, H1, m1, H2, m2 = _net_115(device)
@@ -357,7 +357,7 @@ def test_two_layer_bayesian_forward(impl, device):
     omega, var, _ = impl.bp_linear_fwd(x_hat2, delta2, m2, None)
     assert_close(omega, t([[-0.4749765789, -0.2877044446]], device).T, **SPEC, name="ω_out")
     assert_close(var.sqrt(), t([[1.3231847775, 1.3893133904]], device).T, **SPEC, name="s_out")
-    # Point-wise net: W = sign(m), x' = sign(W x + 1e-10) (spec §6).
+    # Point-wise net: W = sign(m), x' = sign(W x + 1e-10) (docs/algorithms.md §6).
     hidden = torch.sign(x @ torch.sign(m1).T + 1e-10)
     y_hat = torch.sign(hidden @ torch.sign(m2).T + 1e-10)
     assert y_hat.flatten().tolist() == [-1.0, -1.0]
@@ -599,7 +599,7 @@ def _tree_draws(N: int, draws: int = 5):
     return out
 
 
-# Spec §11.7's table is the mean over 5 draws of max_i |m_exact − m_BP|: 0.0096 (N = 15) and
+# docs/algorithms.md §11.7's table is the mean over 5 draws of max_i |m_exact − m_BP|: 0.0096 (N = 15) and
 # 0.0035 (N = 19) for the code's BPI, 0.0019 and 0.0005 with the cavity variance, and it
 # suggests N ≈ 15–21 with a tolerance ≈ 1e-2. Single draws scatter by 2× around those means, so
 # the bound applies to the mean over all draws of N = 15, 17, 19 (15 draws). For scale: the

@@ -78,7 +78,7 @@ def test_real_fashion_mnist_files():
 @pytest.mark.slow
 @pytest.mark.parametrize("algo", ["bpi", "amp", "mf"])
 def test_reference_functional_fashion_mnist_evenodd(algo):
-    """The reference implementation's own end-to-end test (spec §11.8): 1000 Fashion-MNIST
+    """The reference implementation's own end-to-end test (docs/algorithms.md §11.8): 1000 Fashion-MNIST
     even/odd examples, 784-201-201-1, ρ = (1, 1, 0.9), ψ = 0.8, B = 128, 20 epochs ⇒ at most 30
     training errors."""
     ds = fashion_mnist_or_skip(task="evenodd", subset=1000, test_subset=1000)

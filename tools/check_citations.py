@@ -38,8 +38,8 @@ EXTENSIONS = (".py", ".pyi", ".h", ".hpp", ".c", ".cc", ".cpp", ".cu", ".cuh", "
               ".txt", ".sh", ".toml", ".cfg", ".cmake", ".yml", ".yaml")
 NAMES = ("CMakeLists.txt",)
 
-# Files that spell the outside names and sample citations to find or rewrite them: not scanned.
-EXEMPT = {"tools/check_citations.py", "tools/rewrite_citations.py", "python_tests/test_docs.py"}
+# Files that spell the outside names and sample citations to find them: not scanned.
+EXEMPT = {"tools/check_citations.py", "python_tests/test_docs.py"}
 
 # A document named in the text: docs/algorithms.md, algorithms.md, ALGORITHMS.md (and baselines).
 DOC_MENTION = re.compile(r"(?i)\b(algorithms|baselines)\.md\b")

@@ -1,5 +1,5 @@
 """Gradient-based baselines for binary networks, trained in the same harness as the
-message-passing trainers (spec BASELINES.md):
+message-passing trainers (docs/baselines.md):
 
 * ``"ste"``: STE BinaryNet (Courbariaux et al. 2016), :mod:`.ste`;
 * ``"bayesbinn"``: BayesBiNN (Meng et al. 2020), :mod:`.bayesbinn`, with the

@@ -1,4 +1,4 @@
-r"""Trainer B — BayesBiNN (Meng, Bachmann, Khan, ICML 2020; spec BASELINES.md §3).
+r"""Trainer B — BayesBiNN (Meng, Bachmann, Khan, ICML 2020; docs/baselines.md §3).
 
 Mean-field Bernoulli posterior q(W) = Π_i q_i(W_i), q_i ∝ exp(λ_i W_i): P(W_i = +1) = σ(2λ_i),
 μ_i = tanh λ_i. The Bayesian learning rule moves the natural parameters λ by

@@ -1,4 +1,4 @@
-r"""Shared parts of the gradient baselines (spec BASELINES.md §1, §7).
+r"""Shared parts of the gradient baselines (docs/baselines.md §1, §7).
 
 * Sign and straight-through primitives: ``sign_pm`` (sign(0) = +1, Decision 1), ``SignSTE``
   (forward sign(a − z), backward × κ(a)) and ``WeightSTE`` (forward sign(state − z), backward

@@ -1,5 +1,5 @@
 r"""Trainer C — principled straight-through estimators for stochastic binary networks
-(Shekhovtsov & Yanush, GCPR 2021; spec BASELINES.md §4).
+(Shekhovtsov & Yanush, GCPR 2021; docs/baselines.md §4).
 
 The network is a stochastic binary network: hidden units h = sign(â − z) with noise z of a
 symmetric density p (scale s_a), weights W = sign(η − z_w) with weight noise F_w, so that

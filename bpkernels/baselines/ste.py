@@ -1,5 +1,5 @@
 r"""Trainer A — STE BinaryNet (Courbariaux, Hubara, Soudry, El-Yaniv, Bengio 2016; spec
-BASELINES.md §2).
+docs/baselines.md §2).
 
 Latent real weights w ∈ [−H, H] (H = 1, initialised U(−H, H)); the forward pass uses
 W = sign(w), sign activations with the hard-tanh straight-through gradient, BN after every

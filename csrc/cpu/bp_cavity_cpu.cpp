@@ -1,4 +1,4 @@
-// CPU kernels of relaxed BP with τ_max > 1 (spec §4.3) in the minimal state of spec §8.3:
+// CPU kernels of relaxed BP with τ_max > 1 (docs/algorithms.md §4.3) in the minimal state of docs/algorithms.md §8.3:
 // the per-edge cavity state is only m̃ and b̃ ([K, N, B], batch innermost); x̃, ω̃, ĝ and H̃
 // are recomputed in registers by each pass. (At τ_max = 1 BP is BPI and uses the BPI kernel.)
 #include <ATen/ATen.h>

@@ -1,4 +1,4 @@
-// CUDA kernels of relaxed BP with τ_max > 1 (spec §4.3) in the minimal state of spec §8.3: the
+// CUDA kernels of relaxed BP with τ_max > 1 (docs/algorithms.md §4.3) in the minimal state of docs/algorithms.md §8.3: the
 // per-edge cavity state is only m̃ and b̃ ([K, N, B], batch innermost); x̃, ω̃, ĝ and H̃ are
 // recomputed in registers by each pass. Semantics and argument checks are those of
 // csrc/cpu/bp_cavity_cpu.cpp. Every kernel reads the state coalesced (lane ↔ sample a, the

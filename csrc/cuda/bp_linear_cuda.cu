@@ -205,7 +205,7 @@ at::Tensor argmax_output_cuda(const at::Tensor& omega, const at::Tensor& var,
 //   H_in[k,i] = Σ_a ĝ[k,i,a] x̂[a,i],    b[a,i] = Σ_k m[k,i] ĝ[k,i,a].
 // ĝ lives in registers only; no K×N×B buffer exists.
 //
-// Tiling (spec §8.4 item 3). A block owns a tile of kTK = kWarps·kRows units k and kTI = 32
+// Tiling (docs/algorithms.md §8.4 item 3). A block owns a tile of kTK = kWarps·kRows units k and kTI = 32
 // inputs i; lane ↔ i, warp w ↔ the kRows units k0 + w·kRows + r. The block loops over the
 // whole batch in chunks of kTA samples; each chunk stages the coefficient records
 // {alpha, c, num, ω} of (k-tile × chunk) (made by coef_kernel) and the x̂ tile in shared memory.

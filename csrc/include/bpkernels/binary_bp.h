@@ -1,5 +1,5 @@
 // Scalar message-passing maths for layers of ±1 weights and sign activations
-// (spec ALGORITHMS.md §2–§6). Torch-free: the CPU kernels loop over these functions and the
+// (docs/algorithms.md §2–§6). Torch-free: the CPU kernels loop over these functions and the
 // CUDA kernels call them per thread, so every backend evaluates the same formulas.
 #pragma once
 #include <cmath>
@@ -12,7 +12,7 @@
 
 namespace bpk {
 
-// ε added to every preactivation variance V (spec §4.0, pitfall §10.3).
+// ε added to every preactivation variance V (docs/algorithms.md §4.0, pitfall §10.3).
 constexpr double kVarEps = 1e-8;
 constexpr double kSqrt2OverPi = 0.79788456080286535588;  // √(2/π)
 constexpr double kInvSqrt2 = 0.70710678118654752440;     // 1/√2
@@ -23,7 +23,7 @@ BPK_HD T inf_value() {
   return std::numeric_limits<T>::infinity();
 }
 
-// Variance of a ±1 weight with magnetisation m under its 0/1 mask (spec §4.0):
+// Variance of a ±1 weight with magnetisation m under its 0/1 mask (docs/algorithms.md §4.0):
 //   σ = (1 − m²) · mask.
 // σ is derived state: every operator that needs it evaluates this function (the CPU kernels in
 // an ISA-dispatched vectorised loop, where the compiler contracts 1 − m² into one FMA, as it did
@@ -46,8 +46,8 @@ BPK_HD void input_moments(T u, T b, T& x_hat, T& delta) {
 // With y = |ω|/(√2 s) it is evaluated as
 //   y < 1/2:  sgn(ω) atanh(erf y)
 //   y ≥ 1/2:  sgn(ω) · ½ [ln 2 + log1p(−½ erfcx(y) e^{−y²}) − ln erfcx(y) + y²],
-// which never rounds erf to 1 and grows like ω²/(4s²) (spec §2.2 says ω²/(2V); the
-// asymptote of ½ ln(2/erfc y) is y²/2 = ω²/(4s²)) (pitfall §10.2).
+// which never rounds erf to 1 and grows like ω²/(4s²) = y²/2,
+// the asymptote of ½ ln(2/erfc y) (pitfall §10.2).
 // Host float: both branches are evaluated branch-free and blended (the CPU loops vectorise),
 // with erf y = (2/√π) y Σ_n (−y²)ⁿ/(n!(2n+1)) to n = 7 (first omitted term < 1e-9 relative at
 // y = ½) and atanh e = ½ log1p(2e/(1 − e)).
@@ -78,7 +78,7 @@ BPK_HD T upfield(T omega, T s) {
   return omega < T(0) ? -mag : mag;
 }
 
-// Per-(unit, sample) constants of the sign-unit output function g(b, ω, s) (spec §2.2).
+// Per-(unit, sample) constants of the sign-unit output function g(b, ω, s) (docs/algorithms.md §2.2).
 // With ς = sgn b, t = tanh b and z = −ς ω / s, the log-domain form is
 //   g = (ς √(2/π) / s) / [exp(z²/2 + c) + erfcx(z/√2)],   c = ln((1 − |t|)/|t|),
 // so writing x = z/√2 = alpha·ω with alpha = −ς/(√2 s):
@@ -156,13 +156,13 @@ BPK_HD T output_g_hard(OutputCoef<T> k, T omega) {
   return output_g_hard(k.alpha, k.num, omega);
 }
 
-// Curvature Γ = −∂g/∂ω = g (ω/V + g), valid for every finite or infinite b (spec §2.2).
+// Curvature Γ = −∂g/∂ω = g (ω/V + g), valid for every finite or infinite b (docs/algorithms.md §2.2).
 template <typename T>
 BPK_HD T output_gamma(T g, T omega, T var) {
   return g * (omega / var + g);
 }
 
-// ---- BP cavity quantities (spec §4.2, §4.3) --------------------------------------------------
+// ---- BP cavity quantities (docs/algorithms.md §4.2, §4.3) ------------------------------------
 
 // Cavity input of factor k for input i and sample a:  x̃ = tanh(x_in + b̃) for a hidden layer
 // (x_in = u of the layer below, b̃ = b_cav[e]), x̃ = x_in for the first layer (b_cav = nullptr).
@@ -196,7 +196,7 @@ BPK_HD T cavity_mag_update(T mag_cav, T field, T g_cav, T x_cav, T mask, T psi) 
   return psi * mag_cav + (T(1) - psi) * vtanh(field - g_cav * x_cav) * mask;
 }
 
-// ArgMax output layer, one wrong class k ≠ c of a sample with true class c (spec §2.3):
+// ArgMax output layer, one wrong class k ≠ c of a sample with true class c (docs/algorithms.md §2.3):
 //   g_k = −GH(−(ω_c − ω_k)/s_k) / s_k,  s_k = √(V_k + V_c),  GH(z) = √(2/π) / erfcx(z/√2);
 // the true class gets g_c = −Σ_{k≠c} g_k.
 template <typename T>
@@ -205,7 +205,7 @@ BPK_HD T argmax_g_wrong_class(T omega_true, T omega_k, T var_true, T var_k) {
   return -T(kSqrt2OverPi) / (s * erfcx(-(omega_true - omega_k) * (T(kInvSqrt2) / s)));
 }
 
-// Field / reinforcement / damping update of one weight (spec §4.1 step 4, §5.1):
+// Field / reinforcement / damping update of one weight (docs/algorithms.md §4.1 step 4, §5.1):
 //   H ← H_in + r H + ρ H_prior,   m ← [ψ m + (1 − ψ) tanh H] · mask.
 // Returns the new magnetisation (σ is derived from it where it is used: weight_variance).
 template <typename T>
@@ -214,7 +214,7 @@ BPK_HD T field_update(T& field, T h_in, T field_prior, T mag, T mask, T rho, T r
   return (psi * mag + (T(1) - psi) * vtanh(field)) * mask;
 }
 
-// ArgMax layer variant: the field is damped, not the magnetisation (spec §4.5):
+// ArgMax layer variant: the field is damped, not the magnetisation (docs/algorithms.md §4.5):
 //   H ← ψ H + (1 − ψ)(H_in + r H + ρ H_prior),   m ← tanh(H) · mask.
 template <typename T>
 BPK_HD T field_update_damped_field(T& field, T h_in, T field_prior, T mask, T rho, T r, T psi) {
