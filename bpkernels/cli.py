@@ -215,14 +215,15 @@ def cmd_compare(args) -> int:
 def continual_trainer(method: str, args, data, n_train: int, device):
     """The trainer of one continual-learning method: message passing ("amp": the paper's
     setting ρ = 1, ψ = 0.8 on every layer including the output; "amp-default": the library's
-    defaults), or a gradient baseline ("ste", "bayesbinn", "st", "meta": STE with the
+    defaults; --rho overrides either), or a gradient baseline ("ste", "bayesbinn", "st", "meta": STE with the
     metaplastic preset)."""
     from .train import MessagePassingTrainer
 
     algo, _, variant = method.partition("-")
     if algo in ALGORITHMS and variant in ("", "default"):
         sizes = [data.train_x.shape[1], *args.hidden, 1 if data.binary else data.num_classes]
-        rho = None if variant else 1.0
+        # --rho overrides both settings (one value, or one per layer)
+        rho = _per_layer(args.rho, len(sizes) - 1) if args.rho else (None if variant else 1.0)
         model = mlp(sizes, algo=algo, output="sign" if data.binary else "argmax", rho=rho,
                     psi=args.psi[0] if args.psi else 0.8, seed=args.seed,
                     dtype=getattr(torch, args.dtype), device=device)
