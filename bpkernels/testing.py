@@ -22,15 +22,25 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from bpkernels import ops
+from bpkernels import ops, packed_ops, packed_reference, reference
 
 F64 = torch.float64
 INF = math.inf
 
-# The public operators, in the order bpkernels.ops defines them.
-OPS: tuple[str, ...] = tuple(
-    name for name, fn in vars(ops).items()
-    if inspect.isfunction(fn) and fn.__module__ == ops.__name__ and not name.startswith("_"))
+
+def _public(module) -> tuple[str, ...]:
+    return tuple(name for name, fn in vars(module).items()
+                 if inspect.isfunction(fn) and fn.__module__ == module.__name__
+                 and not name.startswith("_") and hasattr(torch.ops.bpkernels, name))
+
+
+# The message-passing operators, in the order bpkernels.ops defines them (one builder each).
+OPS: tuple[str, ...] = _public(ops)
+# The packed-inference operators (their tests: python_tests/test_packed.py).
+PACKED_OPS: tuple[str, ...] = _public(packed_ops)
+# Where each operator's wrapper and pure-PyTorch twin live.
+TWINS = {**{op: (ops, reference) for op in OPS},
+         **{op: (packed_ops, packed_reference) for op in PACKED_OPS}}
 
 
 def schema(op: str) -> torch.FunctionSchema:
