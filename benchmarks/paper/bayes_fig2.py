@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     footer = (f"784-101-101-1, {args.algo}, B = 128, ψ = 0.8, output ρ = 0.9; errors at the last "
               f"epoch ({args.epochs}), mean ± sample std over {args.seeds} seed(s); best: the "
               f"minimum over epochs of the seed-mean curve. The paper: {PAPER_MNIST}.")
-    write_table(args, "bayes_fig2", header, table, budget_note(args, "bayes_fig2", clock.seconds()),
+    write_table(args, "bayes_fig2", header, table, budget_note(args, "bayes_fig2", clock.seconds(),
+                                  [rows for runs in results.values() for rows in runs]),
                 footer)
 
     plt = pyplot()

@@ -15,7 +15,8 @@ import shutil
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
 
 import torch  # noqa: E402
 
@@ -114,8 +115,11 @@ def fmt(ms: tuple[float, float] | None, digits: int = 2) -> str:
     return "" if ms is None else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
 
 
-def budget_note(args, experiment: str, seconds: float) -> str:
-    """The header of every table: budget against the paper's, machine, threads, what ran beside."""
+def budget_note(args, experiment: str, seconds: float, runs: list[list[dict]]) -> str:
+    """The header of every table: budget against the paper's, machine, threads, what ran
+    beside, wall time of this invocation and training time summed over the runs (the same
+    when the runs are continued or read back)."""
+    train_seconds = sum(r["seconds"] for rows in runs for r in rows)
     reduced = []
     if args.epochs < PAPER_EPOCHS:
         reduced.append(f"{args.epochs} epoch(s) instead of {PAPER_EPOCHS}")
@@ -134,7 +138,8 @@ def budget_note(args, experiment: str, seconds: float) -> str:
              f"Full budget: {args.epochs} epochs, all examples, {args.seeds} seeds.",
              "",
              f"Machine: {device_name(args.device)}, {platform.machine()}, torch {torch.__version__}, "
-             f"{args.threads} thread(s); total wall time {seconds / 60:.1f} min."
+             f"{args.threads} thread(s); wall time of this invocation {seconds / 60:.1f} min, "
+             f"training time summed over the runs {train_seconds / 60:.1f} min (evaluation excluded)."
              + (f" Running beside it: {args.beside}." if args.beside else ""),
              ""]
     return "\n".join(lines)
@@ -152,8 +157,17 @@ def write_table(args, name: str, header: list[str], rows: list[list[str]], note:
         if footer:
             f.write("\n" + footer.rstrip() + "\n")
     with open(os.path.join(args.out, "meta.json"), "w") as f:
-        json.dump({k: v for k, v in vars(args).items()}, f, indent=2, sort_keys=True)
+        json.dump({k: _relative(v) if k in ("out", "runs", "data_dir") else v
+                   for k, v in vars(args).items()}, f, indent=2, sort_keys=True)
         f.write("\n")
+
+
+def _relative(path: str | None) -> str | None:
+    """A path inside the repository relative to its root (else as given)."""
+    if path is None:
+        return None
+    rel = os.path.relpath(os.path.abspath(path), REPO)
+    return path if rel.startswith("..") else rel
 
 
 def _csv(cell: str) -> str:

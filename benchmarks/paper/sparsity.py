@@ -75,7 +75,8 @@ def main(argv=None) -> int:
               "ψ = 0.8, no BN. STE: the library default (BN after every layer, Adam 3e-4 → 3e-6, "
               "Glorot-scaled steps, clip [−1, 1]); masked weights neither act nor learn. "
               "s / epoch: training wall time (evaluation excluded).")
-    write_table(args, "sparsity", header, table, budget_note(args, "sparsity", clock.seconds()), footer)
+    write_table(args, "sparsity", header, table, budget_note(args, "sparsity", clock.seconds(),
+                                  [rows for d in args.densities for rows in mp[d] + ste[d]]), footer)
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -87,6 +88,7 @@ def main(argv=None) -> int:
         ax.errorbar(xs, [s[0] for s in stats], yerr=[s[1] for s in stats], fmt=style, capsize=3,
                     label=label)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(xs, [f"{d:g}" for d in xs])
     ax.set_xlabel("density")
     ax.set_ylabel(f"test error (%) after {args.epochs} epochs")

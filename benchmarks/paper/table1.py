@@ -110,7 +110,8 @@ def main(argv=None) -> int:
         "cross-entropy, plain SGD at a constant learning rate 10, Xavier initialisation, clip to "
         "[−1, 1]). STE (library default): BN after every layer, Adam 3e-4 → 3e-6, Glorot-scaled "
         "steps, clip [−1, 1]; it has no paper column.")
-    write_table(args, "table1", header, table, budget_note(args, "table1", clock.seconds()), footer)
+    write_table(args, "table1", header, table, budget_note(args, "table1", clock.seconds(),
+                                  [rows for runs in results.values() for rows in runs]), footer)
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(args.tasks), figsize=(6 * len(args.tasks), 4), squeeze=False)
