@@ -8,8 +8,8 @@ from its python pickles (``data_batch_1`` … ``data_batch_5``, ``test_batch``) 
 batches (``data_batch_1.bin`` …, ``test_batch.bin``), in a folder the user names. Images are
 flattened (CIFAR-10 channel-major, 3072 = 3×32×32) and normalised with one global mean and std
 over all training pixels, x ← (x − μ)/(std + 1e-5), the same statistics applied to the test set
-(spec §1.1). Tasks: ``"10class"`` (labels 0..9) or ``"evenodd"`` (label +1 for an odd class
-index, −1 for even).
+(docs/algorithms.md §1.1). Tasks: ``"10class"`` (labels 0..9) or ``"evenodd"`` (label +1 for an
+odd class index, −1 for even).
 """
 
 from __future__ import annotations

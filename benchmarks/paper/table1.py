@@ -31,7 +31,7 @@ PAPER_NAME = {"AMP": "AMP", "MF": "MF", "BPI": "BP", "BinaryNet (paper)": "Binar
 TASK_LABEL = {"10class": "10 classes", "evenodd": "2 classes"}
 
 # The paper's test errors (%), mean and std over 5 seeds (None: no std given), and its train
-# errors where given (docs/algorithms.md §7.1–§7.2).
+# errors where given (docs/algorithms.md §7).
 PAPER_TEST = {
     ("mnist", "evenodd"): {"BinaryNet": (1.3, 0.1), "BP": (1.4, 0.2), "AMP": (1.4, 0.1), "MF": (1.3, None)},
     ("fashion-mnist", "evenodd"): {"BinaryNet": (2.4, 0.1), "BP": (2.3, 0.1), "AMP": (2.4, 0.1),

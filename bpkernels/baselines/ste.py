@@ -107,8 +107,8 @@ class STETrainer(BaselineTrainer):
             opt.zero_grad(set_to_none=True)
         loss.backward()
         before = [f.detach().clone() for f in self.model.fields] if self.opt["meta"] else None
-        # Adam: m ← β1 m + (1−β1) g,  v ← β2 v + (1−β2) g²,  w ← clip(w − c_ℓ η_t m̂/(√v̂ + ε), −H, H)
-        # (SGD: w ← clip(w − c_ℓ η_t g, −H, H))
+        # Adam: m ← β1 m + (1−β1) g,  v ← β2 v + (1−β2) g²,
+        #       w ← clip(w − c_ℓ η_t m̂/(√v̂ + ε), −H, H);  SGD: w ← clip(w − c_ℓ η_t g, −H, H)
         for opt in self.optimizers:
             opt.step()
         if before is not None:
