@@ -96,7 +96,9 @@ def add_mp_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--r", type=float, default=0.0, help="internal reinforcement r")
     p.add_argument("--r-step", type=float, default=0.0, help="reinforcement schedule step")
     p.add_argument("--tau-max", type=int, default=1, help="inner message-passing iterations")
-    p.add_argument("--density", type=float, default=None, help="weight density of a fixed random mask")
+    p.add_argument("--density", type=float, default=None,
+                   help="weight density of a fixed random mask (the gradient baselines get the "
+                        "masks message passing draws for the same seed)")
     p.add_argument("--no-bayes", action="store_true", help="skip the Bayesian errors each epoch")
     p.add_argument("--arch", default=None,
                    help="an architecture string instead of --hidden (message passing and the "
@@ -150,7 +152,8 @@ def run_method(method: str, args, data, device, run_dir):
                           run_dir=run_dir, progress=not args.no_progress,
                           resume=getattr(args, "resume", False), preset=args.preset,
                           overwrite=args.overwrite,
-                          **parse_options(args.opt))
+                          **{**({"density": args.density} if args.density is not None else {}),
+                             **parse_options(args.opt)})
 
 
 def parse_options(items: list[str] | None) -> dict:

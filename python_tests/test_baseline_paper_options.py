@@ -4,12 +4,13 @@ BinaryNet preset."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
 
-from bpkernels import data, mlp
+from bpkernels import cli, data, mlp
 from bpkernels.baselines import make_trainer, method_options, train_baseline
 from bpkernels.baselines.common import message_passing_masks
 
@@ -98,3 +99,11 @@ def test_binarynet_deepmp_preset_learns_without_batch_norm():
     trainer = make_trainer("ste", ds, [21], total_steps=1, preset="binarynet-deepmp")
     assert len(trainer.model.norms) == 0 and trainer.model.real_parameters() == []
     assert rows[-1]["train_error"] < 0.25 and rows[-1]["test_error"] < 0.3
+
+
+def test_cli_density_masks_the_gradient_baselines_too(tmp_path):
+    run = tmp_path / "ste"
+    assert cli.main(["train", "--method", "ste", "--dataset", "teacher", "--subset", "256",
+                     "--test-subset", "64", "--hidden", "11", "--density", "0.5", "--epochs", "1",
+                     "--batch-size", "64", "--run-dir", str(run), "--no-progress"]) == 0
+    assert json.loads((run / "config.json").read_text())["options"]["density"] == 0.5
