@@ -228,3 +228,27 @@ def test_train_a_conv_net_on_a_tiny_cifar10_end_to_end(tmp_path, capsys, method)
     config = json.loads((run / "config.json").read_text())
     assert config["dataset_name" if method == "bp" else "dataset"] == "cifar10-10class"
     assert (run / "checkpoint.pt").exists()
+
+
+def python2_batch(x: np.ndarray, labels: list[int]) -> bytes:
+    """A CIFAR-10 batch pickled the way Python 2 and numpy 1 wrote the published files:
+    protocol 2, byte strings (SHORT_BINSTRING/BINSTRING), numpy.core.multiarray._reconstruct."""
+    def short(b):
+        return b"U" + bytes([len(b)]) + b
+
+    out = b"\x80\x02}(" + short(b"data")
+    out += b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + short(b"b") + b"\x87R"
+    out += b"(K\x01K" + bytes([x.shape[0]]) + b"M" + struct.pack("<H", x.shape[1]) + b"\x86"
+    out += b"cnumpy\ndtype\n" + short(b"u1") + b"K\x00K\x01\x87R"
+    out += b"(K\x03" + short(b"|") + b"NNNJ" + struct.pack("<i", -1) + b"J" + struct.pack("<i", -1)
+    out += b"K\x00tb\x89T" + struct.pack("<i", x.nbytes) + x.tobytes() + b"tb"
+    out += short(b"labels") + b"](" + b"".join(b"K" + bytes([v]) for v in labels) + b"eu."
+    return out
+
+
+def test_a_python2_pickle_as_cifar10_ships_it_loads(tmp_path):
+    x = np.random.default_rng(1).integers(0, 256, (3, 3072)).astype(np.uint8)
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(python2_batch(x, [7, 0, 9]))
+    got_x, got_y = data.read_cifar10_pickle(str(path))
+    assert np.array_equal(got_x, x) and got_y.tolist() == [7, 0, 9]
