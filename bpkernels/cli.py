@@ -32,16 +32,24 @@ def resolve_device(name: str) -> torch.device:
 
 def load_data(args) -> datasets.Dataset:
     dtype = getattr(torch, args.dtype)
-    if args.dataset == "fashion-mnist":
+    if args.dataset in datasets.INPUT_SHAPES:
         try:
-            return datasets.load_fashion_mnist(args.data_dir, args.task, args.subset, args.test_subset,
-                                               seed=args.seed, dtype=dtype)
+            return datasets.load_dataset(args.dataset, args.data_dir, args.task, args.subset,
+                                         args.test_subset, seed=args.seed, dtype=dtype)
         except datasets.DatasetNotFoundError as exc:
             raise SystemExit(f"error: {exc}") from None
     n_out = 1 if args.task == "evenodd" else 10
     sizes = (784, 101, n_out)
     return datasets.teacher_student(args.subset or 6000, args.test_subset or 2000, sizes,
                                     seed=args.seed, dtype=dtype)
+
+
+def input_shape(args) -> tuple[int, ...]:
+    """Per-sample image shape (C, H, W) of the dataset, for --arch networks."""
+    return datasets.INPUT_SHAPES.get(args.dataset, (1, 28, 28))
+
+
+DATASETS = [*datasets.INPUT_SHAPES, "teacher"]
 
 
 def positive_int(text: str) -> int:
@@ -56,11 +64,14 @@ def positive_int(text: str) -> int:
 
 
 def add_common_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "teacher"],
-                   help="real Fashion-MNIST, or data from a random binary teacher 784-101-out")
+    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS,
+                   help="Fashion-MNIST, MNIST or CIFAR-10 (their standard files in --data-dir), "
+                        "or data from a random binary teacher 784-101-out")
     p.add_argument("--task", default="10class", choices=list(datasets.TASKS))
     p.add_argument("--data-dir", default=None,
-                   help="folder of the Fashion-MNIST IDX files (default /usr/share/datasets/fashion-mnist)")
+                   help="folder of the dataset's files (Fashion-MNIST default: "
+                        "/usr/share/datasets/fashion-mnist; MNIST: its IDX files; CIFAR-10: its "
+                        "python or binary batches)")
     p.add_argument("--subset", type=positive_int, default=None, help="use this many training examples")
     p.add_argument("--test-subset", type=positive_int, default=None, help="use this many test examples")
     p.add_argument("--hidden", type=int, nargs="*", default=[501, 501], help="hidden layer sizes")
@@ -85,7 +96,9 @@ def add_mp_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--r", type=float, default=0.0, help="internal reinforcement r")
     p.add_argument("--r-step", type=float, default=0.0, help="reinforcement schedule step")
     p.add_argument("--tau-max", type=int, default=1, help="inner message-passing iterations")
-    p.add_argument("--density", type=float, default=None, help="weight density of a fixed random mask")
+    p.add_argument("--density", type=float, default=None,
+                   help="weight density of a fixed random mask (the gradient baselines get the "
+                        "masks message passing draws for the same seed)")
     p.add_argument("--no-bayes", action="store_true", help="skip the Bayesian errors each epoch")
     p.add_argument("--arch", default=None,
                    help="an architecture string instead of --hidden (message passing and the "
@@ -110,6 +123,7 @@ def run_message_passing(args, data, device, run_dir):
     if getattr(args, "arch", None):
         n_layers = sum(token.startswith(("conv", "dense")) for token in args.arch.lower().split("-"))
         model = build_arch(args.arch, algo=args.algo, num_classes=data.num_classes,
+                           input_shape=input_shape(args),
                            rho=_per_layer(args.rho, n_layers), psi=_per_layer(args.psi, n_layers),
                            **factory)
     else:
@@ -133,12 +147,13 @@ def run_method(method: str, args, data, device, run_dir):
     if method not in BASELINE_METHODS:
         raise SystemExit(f"error: unknown method {method!r}; choose from {tuple(ALGORITHMS) + BASELINE_METHODS}")
     return train_baseline(method, data, hidden=args.hidden, arch=getattr(args, "arch", None),
-                          epochs=args.epochs,
+                          input_shape=input_shape(args), epochs=args.epochs,
                           batch_size=args.batch_size or 128, seed=args.seed, device=device,
                           run_dir=run_dir, progress=not args.no_progress,
                           resume=getattr(args, "resume", False), preset=args.preset,
                           overwrite=args.overwrite,
-                          **parse_options(args.opt))
+                          **{**({"density": args.density} if args.density is not None else {}),
+                             **parse_options(args.opt)})
 
 
 def parse_options(items: list[str] | None) -> dict:
@@ -343,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="point-wise and Bayesian errors of a checkpoint")
     p.add_argument("checkpoint")
-    p.add_argument("--dataset", default=None, choices=["fashion-mnist", "teacher"])
+    p.add_argument("--dataset", default=None, choices=DATASETS)
     p.add_argument("--task", default=None, choices=list(datasets.TASKS))
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")

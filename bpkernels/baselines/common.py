@@ -116,6 +116,22 @@ def mlp_layers(sizes: list[int]) -> list[LayerSpec]:
             for n_in, n_out in zip(sizes[:-1], sizes[1:])]
 
 
+def message_passing_masks(weight_shapes: list[tuple[int, ...]], density: float,
+                          seed: int) -> list[Tensor]:
+    """The fixed 0/1 masks (float64) that the message-passing layers of a network with these
+    weight shapes draw for ``density`` and ``seed`` (``bpkernels.arch.mlp`` / ``build_arch``):
+    one generator seeded with ``seed``; per layer, in order, the initial fields N(0, 1) and
+    then mask = 1{U[0, 1) < density}."""
+    if not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    gen = torch.Generator().manual_seed(seed)
+    masks = []
+    for shape in weight_shapes:
+        torch.randn(shape, generator=gen, dtype=torch.float64)  # the layer's initial fields
+        masks.append((torch.rand(shape, generator=gen, dtype=torch.float64) < density).double())
+    return masks
+
+
 def fans(weight_shape: tuple[int, ...]) -> tuple[int, int]:
     """(fan-in, fan-out) of a dense [N, D] or conv [K, C, kh, kw] weight."""
     receptive = math.prod(weight_shape[2:])
@@ -138,12 +154,15 @@ class BinaryNet(nn.Module):
             1/√fan-in (the DeepMP paper's BinaryNet baseline).
         bn_affine, bn_eps, bn_momentum: BatchNorm settings.
         dropout_in, dropout_hidden: dropout on the input and after each hidden activation.
+        masks: fixed 0/1 masks of the weights (one per layer, each of its weight's shape; None:
+            dense): every forward pass uses W·mask, so masked weights neither act nor learn.
     """
 
     def __init__(self, layers: list[LayerSpec], activation: str = "sign", proxy: str = "hardtanh",
                  proxy_scale: float = 1.0, batch_norm: bool = True, bn_affine: bool = True,
                  bn_eps: float = 1e-4, bn_momentum: float = 0.1, dropout_in: float = 0.0,
-                 dropout_hidden: float = 0.0, device=None, dtype=None):
+                 dropout_hidden: float = 0.0, masks: list[Tensor] | None = None, device=None,
+                 dtype=None):
         super().__init__()
         if activation not in ("sign", "relu"):
             raise ValueError(f"activation must be 'sign' or 'relu', got {activation!r}")
@@ -160,6 +179,14 @@ class BinaryNet(nn.Module):
             [norm[layer.kind](layer.weight_shape[0], eps=bn_eps, momentum=bn_momentum,
                               affine=bn_affine, **factory)
              for layer in self.layers] if batch_norm else [])
+        if masks is not None:
+            if len(masks) != len(self.layers) or any(
+                    tuple(m.shape) != layer.weight_shape for m, layer in zip(masks, self.layers)):
+                raise ValueError("masks needs one mask of each layer's weight shape "
+                                 f"{[layer.weight_shape for layer in self.layers]}")
+            for i, mask in enumerate(masks):
+                self.register_buffer(f"mask_{i}", mask.to(**factory))
+        self.has_masks = masks is not None
         # Source of activation noise and dropout masks; set by the trainer.
         self.generator: torch.Generator | None = None
 
@@ -184,6 +211,8 @@ class BinaryNet(nn.Module):
             h = self._dropout(h, self.dropout_in)
         last = len(weights) - 1
         for i, (layer, w) in enumerate(zip(self.layers, weights)):
+            if self.has_masks:
+                w = w * getattr(self, f"mask_{i}")
             if layer.kind == "conv":
                 a = F.conv2d(h.view(h.shape[0], *layer.in_shape), w, stride=layer.stride,
                              padding=layer.padding)
@@ -314,6 +343,9 @@ COMMON_DEFAULTS = dict(
     loss="ce", activation="sign", proxy="hardtanh", proxy_scale=1.0, stochastic_acts=False,
     batch_norm=True, bn_affine=True, bn_eps=1e-4, bn_momentum=0.1, dropout_in=0.0,
     dropout_hidden=0.0,
+    # Sparse layers: fixed masks of this density, the ones message passing draws with the same
+    # seed (message_passing_masks); None: dense.
+    density=None,
     # Evaluation: BN re-estimation of the evaluation network over bn_examples training examples
     # when it differs from the training network; evaluation forward passes in chunks.
     reestimate_bn=True, bn_examples=20_000, eval_chunk=10_000,
@@ -358,9 +390,11 @@ class BaselineTrainer:
         self.total_steps, self.seed = total_steps, seed
         self.device = torch.device(device)
         o = self.opt
+        masks = None if o["density"] is None else message_passing_masks(
+            [layer.weight_shape for layer in self.layers], o["density"], seed)
         self.model = BinaryNet(self.layers, o["activation"], o["proxy"], o["proxy_scale"],
                                o["batch_norm"], o["bn_affine"], o["bn_eps"], o["bn_momentum"],
-                               o["dropout_in"], o["dropout_hidden"], self.device, dtype)
+                               o["dropout_in"], o["dropout_hidden"], masks, self.device, dtype)
         # The module the training forward passes go through: the model, or its
         # DistributedDataParallel wrapper in a data-parallel run (distribute).
         self.network: nn.Module = self.model

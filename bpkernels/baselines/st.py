@@ -22,7 +22,6 @@ from .common import MC_DEFAULTS, WeightSTE, logistic_noise, sign_pm
 from .ste import STETrainer
 
 WEIGHT_NOISES = ("logistic", "uniform", "none")
-OPTIMIZERS = ("adam", "sgd")
 
 
 class STTrainer(STETrainer):
@@ -45,7 +44,7 @@ class STTrainer(STETrainer):
 
     method = "st"
     DEFAULTS = {**STETrainer.DEFAULTS, **MC_DEFAULTS, "proxy": "tanh", "proxy_scale": 0.5,
-                "stochastic_acts": True, "weight_noise": "logistic", "optimizer": "adam",
+                "stochastic_acts": True, "weight_noise": "logistic",
                 "lr": 3e-2, "lr_end": 3e-4, "glorot": False, "init": 2.0, "clip": None,
                 "kl_weight": 0.0, "prior": 0.0}
     PRESETS = {
@@ -64,18 +63,10 @@ class STTrainer(STETrainer):
         if options["weight_noise"] not in WEIGHT_NOISES:
             raise ValueError(f"weight_noise must be one of {WEIGHT_NOISES}, "
                              f"got {options['weight_noise']!r}")
-        if options["optimizer"] not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {options['optimizer']!r}")
         if options["kl_weight"] and options["weight_noise"] != "logistic":
             raise ValueError("kl_weight needs weight_noise='logistic' (the KL gradient "
                              "(r/N)(η − η_0) is that of the entropic map)")
         super().__init__(*args, **kwargs)
-
-    def _binary_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
-        if self.opt["optimizer"] == "sgd":
-            # η ← η − ε ∂ℓ̄/∂W (mirror descent)
-            return torch.optim.SGD(groups)
-        return super()._binary_optimizer(groups)
 
     def _weight_noise(self, field: Tensor, gen: torch.Generator) -> Tensor | None:
         kind = self.opt["weight_noise"]

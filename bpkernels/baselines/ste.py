@@ -5,8 +5,9 @@ Latent real weights w ∈ [−H, H] (H = 1, initialised U(−H, H)); the forward
 W = sign(w), sign activations with the hard-tanh straight-through gradient, BN after every
 layer (output included), no biases. The gradient with respect to the binary weight is handed
 to the latent weight unchanged; Adam steps w with a per-layer Glorot-scaled learning rate and w
-is clipped back to [−H, H] after every step. BN parameters get Adam with the unscaled rate.
-Learning rates decay per step from ``lr`` to ``lr_end`` over the run.
+is clipped back to [−H, H] after every step (plain SGD instead of Adam with
+``optimizer="sgd"``). BN parameters get Adam with the unscaled rate. Learning rates decay per
+step from ``lr`` to ``lr_end`` over the run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from .common import (COMMON_DEFAULTS, BaselineTrainer, WeightSTE, fans, glorot_factor, loss_fn,
                      schedule_factor)
 
+OPTIMIZERS = ("adam", "sgd")
+
 
 class STETrainer(BaselineTrainer):
     """STE BinaryNet. Options (``DEFAULTS``, library defaults of §2.5 for MNIST-like MLPs):
@@ -25,24 +28,38 @@ class STETrainer(BaselineTrainer):
     lr, lr_end, schedule: learning rate η_0 → η_E over the run ("geometric" per step,
         "cosine" or "constant").
     glorot: scale the binary layers' learning rate by c_ℓ = (1.5/(n_in + n_out))^{−1/2}.
-    init: latent weights U(−init, init).  clip: H, clip w to [−H, H] after each step (None: off).
-    betas, eps: Adam.  meta: metaplasticity m (0: off; see ``_metaplastic``).
+    init: latent weights U(−init, init), or "glorot": U(−a, a) with a = √(6/(n_in + n_out))
+        per layer (Xavier).  clip: H, clip w to [−H, H] after each step (None: off).
+    optimizer: "adam" (betas, eps) or "sgd" (plain SGD) on the latent weights.
+    meta: metaplasticity m (0: off; see ``_metaplastic``).
     Plus the network and evaluation options of ``COMMON_DEFAULTS``.
     Preset ``binarynet-mnist``: the paper's MNIST recipe (squared hinge, dropout 0.2/0.5,
     3e-3 → 3e-7); the paper's batch 100, [−1, 1] inputs and 4096-unit layers are harness
     settings.
+    Preset ``binarynet-deepmp``: the BinaryNet baseline of the DeepMP paper (docs/algorithms.md
+    §5.3): no BN, preactivations scaled by 1/√fan-in, cross-entropy, plain SGD at a constant
+    learning rate 10, latent weights Xavier-initialised and clipped to [−1, 1].
     """
 
     method = "ste"
     DEFAULTS = {**COMMON_DEFAULTS, "lr": 3e-4, "lr_end": 3e-6, "schedule": "geometric",
                 "glorot": True, "init": 1.0, "clip": 1.0, "betas": (0.9, 0.999), "eps": 1e-8,
-                "meta": 0.0}
+                "meta": 0.0, "optimizer": "adam"}
     PRESETS = {"binarynet-mnist": dict(loss="sqhinge", dropout_in=0.2, dropout_hidden=0.5,
                                        lr=3e-3, lr_end=3e-7),
                # Laborieux et al. (2021), permuted-MNIST runs: metaplasticity m = 1.35, no clip
-               "metaplastic": dict(meta=1.35, clip=None)}
+               "metaplastic": dict(meta=1.35, clip=None),
+               "binarynet-deepmp": dict(batch_norm=False, loss="ce", optimizer="sgd", lr=10.0,
+                                        schedule="constant", glorot=False, init="glorot",
+                                        clip=1.0)}
 
     def __init__(self, *args, **kwargs):
+        options = {**self.DEFAULTS, **kwargs}
+        if options["optimizer"] not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {options['optimizer']!r}")
+        if options["init"] != "glorot" and not (isinstance(options["init"], (int, float))
+                                                and options["init"] > 0):
+            raise ValueError(f"init must be a positive number or 'glorot', got {options['init']!r}")
         super().__init__(*args, **kwargs)
         self._initialise()
         o = self.opt
@@ -61,12 +78,16 @@ class STETrainer(BaselineTrainer):
         return schedule_factor(o["schedule"], step, self.total_steps, o["lr"], o["lr_end"])
 
     def _binary_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        if self.opt["optimizer"] == "sgd":
+            # w ← w − c_ℓ η_t ∂ℓ/∂W
+            return torch.optim.SGD(groups)
         return torch.optim.Adam(groups, betas=self.opt["betas"], eps=self.opt["eps"], fused=True)
 
     def init_fields(self, gen: torch.Generator) -> list[Tensor]:
-        # w ~ U(−init, init)
+        # w ~ U(−a, a): a = init, or a = √(6/(n_in + n_out)) (Xavier) for init = "glorot"
         init = self.opt["init"]
-        return [(torch.rand(f.shape, generator=gen, dtype=torch.float64) * 2 - 1) * init
+        return [(torch.rand(f.shape, generator=gen, dtype=torch.float64) * 2 - 1)
+                * ((6 / sum(fans(f.shape))) ** 0.5 if init == "glorot" else init)
                 for f in self.model.fields]
 
     def train_weights(self) -> list[Tensor]:
@@ -86,7 +107,8 @@ class STETrainer(BaselineTrainer):
             opt.zero_grad(set_to_none=True)
         loss.backward()
         before = [f.detach().clone() for f in self.model.fields] if self.opt["meta"] else None
-        # m ← β1 m + (1−β1) g,  v ← β2 v + (1−β2) g²,  w ← clip(w − c_ℓ η_t m̂/(√v̂ + ε), −H, H)
+        # Adam: m ← β1 m + (1−β1) g,  v ← β2 v + (1−β2) g²,
+        #       w ← clip(w − c_ℓ η_t m̂/(√v̂ + ε), −H, H);  SGD: w ← clip(w − c_ℓ η_t g, −H, H)
         for opt in self.optimizers:
             opt.step()
         if before is not None:

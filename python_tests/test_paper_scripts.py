@@ -1,0 +1,80 @@
+"""Smoke runs of the paper-reproduction scripts (benchmarks/paper/): each on a tiny generated
+MNIST for one epoch, checking the table (Markdown and CSV), the figure and the logs; Table 1
+also continued for a second epoch from its run folders."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from test_datasets import make_mnist
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+
+def run_script(name: str, tmp_path, *extra: str) -> str:
+    data_dir = tmp_path / "mnist"
+    if not data_dir.exists():
+        make_mnist(str(data_dir), n_train=300, n_test=100)
+    cmd = [sys.executable, os.path.join(REPO, "benchmarks", "paper", f"{name}.py"),
+           "--dataset", "mnist", "--data-dir", str(data_dir), "--subset", "260",
+           "--test-subset", "80", "--epochs", "1", "--seeds", "1", "--threads", "1",
+           "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"), *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def check_outputs(out, name: str, n_rows: int) -> list[dict]:
+    rows = read_csv(out / f"{name}.csv")
+    assert len(rows) == n_rows
+    md = (out / f"{name}.md").read_text()
+    assert "**Reduced budget**" in md and "do not reproduce the paper" in md
+    assert (out / f"{name}.png").stat().st_size > 1000
+    assert json.loads((out / "meta.json").read_text())["epochs"] == 1
+    return rows
+
+
+def test_table1(tmp_path):
+    stdout = run_script("table1", tmp_path)
+    out = tmp_path / "out"
+    rows = check_outputs(out, "table1", 10)
+    assert "1 seed(s) instead of the paper's 5" in stdout
+    binarynet = next(r for r in rows if r["method"] == "BinaryNet (paper)" and r["task"] == "10 classes")
+    assert binarynet["paper test error %"] == "2.2 ± 0.1"  # MNIST, 10 classes
+    assert binarynet["within the paper's error bars"] in ("yes", "no")
+    assert len(os.listdir(out / "logs")) == 10
+    log = out / "logs" / "evenodd-amp-seed0.jsonl"
+    first = log.read_text().splitlines()
+    # started again with more epochs: the run folder is continued, its first epoch kept
+    run_script("table1", tmp_path, "--epochs", "2", "--methods", "AMP", "--tasks", "evenodd")
+    again = log.read_text().splitlines()
+    assert len(again) == 2 and again[0] == first[0]
+    assert len(read_csv(out / "table1.csv")) == 1
+
+
+def test_bayes_fig2(tmp_path):
+    run_script("bayes_fig2", tmp_path)
+    rows = check_outputs(tmp_path / "out", "bayes_fig2", 2)
+    assert all(r["Bayesian test error %"] for r in rows)
+
+
+def test_sparsity(tmp_path):
+    run_script("sparsity", tmp_path, "--densities", "1", "0.3", "--hidden", "21")
+    rows = check_outputs(tmp_path / "out", "sparsity", 2)
+    assert [r["density"] for r in rows] == ["1", "0.3"]
+    assert sorted(os.listdir(tmp_path / "out" / "logs")) == [
+        "bpi-21-d0.3-seed0.jsonl", "bpi-21-d1.0-seed0.jsonl", "ste-21-d0.3-seed0.jsonl",
+        "ste-21-d1.0-seed0.jsonl"]
