@@ -177,4 +177,57 @@ void check_weight_var(const at::Tensor& mag, const std::optional<at::Tensor>& ma
   if (mask) check(*mask, "mask", mag.sizes(), "of mag");
 }
 
+namespace {
+
+void check_words(const at::Tensor& t, const at::Tensor& x, const char* name, const char* dims) {
+  TORCH_CHECK(t.scalar_type() == at::kLong, "xnor_gemm: ", name, " must be int64 words, got ",
+              t.scalar_type());
+  TORCH_CHECK(t.dim() == 2, "xnor_gemm: ", name, " must have shape ", dims, ", got ", t.sizes());
+  TORCH_CHECK(t.device() == x.device(), "xnor_gemm: ", name, " must be on device ", x.device(),
+              " like x, got ", t.device());
+}
+
+}  // namespace
+
+void check_xnor_gemm(const at::Tensor& x, const at::Tensor& w,
+                     const std::optional<at::Tensor>& x_valid,
+                     const std::optional<at::Tensor>& w_nonzero, int64_t n) {
+  check_words(x, x, "x", "[R, W]");
+  check_words(w, x, "w", "[K, W]");
+  const int64_t R = x.size(0), W = x.size(1);
+  TORCH_CHECK(w.size(1) == W, "xnor_gemm: w must have shape [K, W] with W = ", W,
+              " words like x, got ", w.sizes());
+  TORCH_CHECK(n >= 0 && n <= 64 * W && n > 64 * (W - 1), "xnor_gemm: n = ", n,
+              " bits does not fit W = ", W, " words (need 64·(W−1) < n <= 64·W)");
+  TORCH_CHECK(n < (int64_t(1) << 31), "xnor_gemm: n = ", n, " bits overflows the int32 output");
+  if (x_valid) {
+    check_words(*x_valid, x, "x_valid", "[P, W]");
+    TORCH_CHECK(x_valid->size(1) == W && x_valid->size(0) > 0 && R % x_valid->size(0) == 0,
+                "xnor_gemm: x_valid must have shape [P, W] with W = ", W, " and P dividing R = ",
+                R, ", got ", x_valid->sizes());
+  }
+  if (w_nonzero) {
+    check_words(*w_nonzero, x, "w_nonzero", "[K, W]");
+    TORCH_CHECK(w_nonzero->sizes() == w.sizes(), "xnor_gemm: w_nonzero must have the shape of w ",
+                w.sizes(), ", got ", w_nonzero->sizes());
+  }
+}
+
+void check_xnor_im2col(const at::Tensor& z, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                       at::IntArrayRef padding) {
+  TORCH_CHECK(z.dim() == 4, "xnor_im2col: z must have shape [B, H, W, C], got ", z.sizes());
+  TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble ||
+                  z.scalar_type() == at::kInt,
+              "xnor_im2col: z must be float32, float64 or int32, got ", z.scalar_type());
+  TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2,
+              "xnor_im2col: kernel_size, stride and padding must be (h, w) pairs");
+  const int64_t H = z.size(1), Wd = z.size(2), C = z.size(3);
+  const int64_t kh = kernel_size[0], kw = kernel_size[1], ph = padding[0], pw = padding[1];
+  TORCH_CHECK(kh >= 1 && kw >= 1 && stride[0] >= 1 && stride[1] >= 1 && ph >= 0 && pw >= 0,
+              "xnor_im2col: need kernel_size >= 1, stride >= 1, padding >= 0, got ", kernel_size,
+              ", ", stride, ", ", padding);
+  TORCH_CHECK(C >= 1 && H + 2 * ph >= kh && Wd + 2 * pw >= kw, "xnor_im2col: the ", kh, "×", kw,
+              " kernel does not fit the padded ", H, "×", Wd, " input with ", C, " channels");
+}
+
 }  // namespace bpk

@@ -116,4 +116,13 @@ void check_field_update(const at::Tensor& field, const at::Tensor& mag, const at
 // mag of any shape; mask (if given) of the same shape.
 void check_weight_var(const at::Tensor& mag, const std::optional<at::Tensor>& mask);
 
+// Packed inference. xnor_gemm: x [R, W], w [K, W], x_valid [P, W] with P dividing R, w_nonzero
+// [K, W], int64 words on x's device; n bits per row, 64·(W − 1) < n ≤ 64·W.
+void check_xnor_gemm(const at::Tensor& x, const at::Tensor& w,
+                     const std::optional<at::Tensor>& x_valid,
+                     const std::optional<at::Tensor>& w_nonzero, int64_t n);
+// xnor_im2col: z [B, H, W, C] float32, float64 or int32; (h, w) pairs; the kernel fits.
+void check_xnor_im2col(const at::Tensor& z, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                       at::IntArrayRef padding);
+
 }  // namespace bpk

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "bpkernels/xnor.h"
+#include "checks.h"
 #include "cpu/isa.h"
 
 namespace bpk {
@@ -465,13 +466,6 @@ void gemm_blocks(const GemmParams& p, XnorIsa isa) {
   });
 }
 
-void check_words(const at::Tensor& t, const char* name, const char* dims) {
-  TORCH_CHECK(t.scalar_type() == at::kLong, "xnor_gemm: ", name, " must be int64 words, got ",
-              t.scalar_type());
-  TORCH_CHECK(t.dim() == 2, "xnor_gemm: ", name, " must have shape ", dims, ", got ", t.sizes());
-  TORCH_CHECK(t.device().is_cpu(), "xnor_gemm: ", name, " must be on the CPU like x, got ", t.device());
-}
-
 // Per-row popcounts of a [rows, W] bit plane.
 at::Tensor row_popcounts(const at::Tensor& plane) {
   at::Tensor out = at::empty({plane.size(0)}, plane.options());
@@ -489,28 +483,13 @@ at::Tensor row_popcounts(const at::Tensor& plane) {
 at::Tensor xnor_gemm_cpu(const at::Tensor& x, const at::Tensor& w,
                          const std::optional<at::Tensor>& x_valid,
                          const std::optional<at::Tensor>& w_nonzero, int64_t n) {
-  check_words(x, "x", "[R, W]");
-  check_words(w, "w", "[K, W]");
+  TORCH_CHECK(x.device().is_cpu(), "xnor_gemm: x must be a CPU tensor for the CPU kernel, got ",
+              x.device());
+  check_xnor_gemm(x, w, x_valid, w_nonzero, n);
   const int64_t R = x.size(0), W = x.size(1), K = w.size(0);
-  TORCH_CHECK(w.size(1) == W, "xnor_gemm: w must have shape [K, W] with W = ", W,
-              " words like x, got ", w.sizes());
-  TORCH_CHECK(n >= 0 && n <= 64 * W && n > 64 * (W - 1), "xnor_gemm: n = ", n,
-              " bits does not fit W = ", W, " words (need 64·(W−1) < n <= 64·W)");
-  TORCH_CHECK(n < (int64_t(1) << 31), "xnor_gemm: n = ", n, " bits overflows the int32 output");
   at::Tensor xv, wn, count_r, count_k;
-  if (x_valid) {
-    check_words(*x_valid, "x_valid", "[P, W]");
-    TORCH_CHECK(x_valid->size(1) == W && x_valid->size(0) > 0 && R % x_valid->size(0) == 0,
-                "xnor_gemm: x_valid must have shape [P, W] with W = ", W, " and P dividing R = ",
-                R, ", got ", x_valid->sizes());
-    xv = x_valid->contiguous();
-  }
-  if (w_nonzero) {
-    check_words(*w_nonzero, "w_nonzero", "[K, W]");
-    TORCH_CHECK(w_nonzero->sizes() == w.sizes(), "xnor_gemm: w_nonzero must have the shape of w ",
-                w.sizes(), ", got ", w_nonzero->sizes());
-    wn = w_nonzero->contiguous();
-  }
+  if (x_valid) xv = x_valid->contiguous();
+  if (w_nonzero) wn = w_nonzero->contiguous();
   const at::Tensor xc = x.contiguous(), wc = w.contiguous();
   at::Tensor z = at::empty({R, K}, x.options().dtype(at::kInt));
   if (R == 0 || K == 0) return z;
@@ -682,20 +661,10 @@ inline void append_pixel(uint64_t* row, int64_t at, const uint64_t* src, int64_t
 
 std::tuple<at::Tensor, at::Tensor> xnor_im2col_cpu(const at::Tensor& z, at::IntArrayRef kernel_size,
                                                    at::IntArrayRef stride, at::IntArrayRef padding) {
-  TORCH_CHECK(z.dim() == 4, "xnor_im2col: z must have shape [B, H, W, C], got ", z.sizes());
-  TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble ||
-                  z.scalar_type() == at::kInt,
-              "xnor_im2col: z must be float32, float64 or int32, got ", z.scalar_type());
-  TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2,
-              "xnor_im2col: kernel_size, stride and padding must be (h, w) pairs");
+  check_xnor_im2col(z, kernel_size, stride, padding);
   const int64_t B = z.size(0), H = z.size(1), Wd = z.size(2), C = z.size(3);
   const int64_t kh = kernel_size[0], kw = kernel_size[1], sh = stride[0], sw = stride[1];
   const int64_t ph = padding[0], pw = padding[1];
-  TORCH_CHECK(kh >= 1 && kw >= 1 && sh >= 1 && sw >= 1 && ph >= 0 && pw >= 0,
-              "xnor_im2col: need kernel_size >= 1, stride >= 1, padding >= 0, got ", kernel_size,
-              ", ", stride, ", ", padding);
-  TORCH_CHECK(C >= 1 && H + 2 * ph >= kh && Wd + 2 * pw >= kw, "xnor_im2col: the ", kh, "×", kw,
-              " kernel does not fit the padded ", H, "×", Wd, " input with ", C, " channels");
   const int64_t OH = xnor::conv_out_size(H, kh, sh, ph), OW = xnor::conv_out_size(Wd, kw, sw, pw);
   const int64_t P = OH * OW, bits_per_row = kh * kw * C, Wr = (bits_per_row + 63) / 64;
   const int64_t Wc = (C + 63) / 64;

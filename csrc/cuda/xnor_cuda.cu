@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "bpkernels/xnor.h"
+#include "checks.h"
 #include "cuda/cuda_utils.cuh"
 
 
@@ -77,40 +78,15 @@ __global__ void xnor_gemm_kernel(GemmArgs a) {
   }
 }
 
-void check_words(const at::Tensor& t, const at::Tensor& ref, const char* name, const char* dims) {
-  TORCH_CHECK(t.scalar_type() == at::kLong, "xnor_gemm: ", name, " must be int64 words, got ",
-              t.scalar_type());
-  TORCH_CHECK(t.dim() == 2, "xnor_gemm: ", name, " must have shape ", dims, ", got ", t.sizes());
-  TORCH_CHECK(t.device() == ref.device(), "xnor_gemm: ", name, " must be on device ", ref.device(),
-              " like x, got ", t.device());
-}
-
 at::Tensor xnor_gemm_cuda(const at::Tensor& x, const at::Tensor& w,
                           const std::optional<at::Tensor>& x_valid,
                           const std::optional<at::Tensor>& w_nonzero, int64_t n) {
   TORCH_CHECK(x.is_cuda(), "xnor_gemm: x must be a CUDA tensor for the CUDA kernel, got ", x.device());
-  check_words(x, x, "x", "[R, W]");
-  check_words(w, x, "w", "[K, W]");
+  check_xnor_gemm(x, w, x_valid, w_nonzero, n);
   const int64_t R = x.size(0), W = x.size(1), K = w.size(0);
-  TORCH_CHECK(w.size(1) == W, "xnor_gemm: w must have shape [K, W] with W = ", W,
-              " words like x, got ", w.sizes());
-  TORCH_CHECK(n >= 0 && n <= 64 * W && n > 64 * (W - 1), "xnor_gemm: n = ", n,
-              " bits does not fit W = ", W, " words (need 64·(W−1) < n <= 64·W)");
-  TORCH_CHECK(n < (int64_t(1) << 31), "xnor_gemm: n = ", n, " bits overflows the int32 output");
   at::Tensor xv, wn;
-  if (x_valid) {
-    check_words(*x_valid, x, "x_valid", "[P, W]");
-    TORCH_CHECK(x_valid->size(1) == W && x_valid->size(0) > 0 && R % x_valid->size(0) == 0,
-                "xnor_gemm: x_valid must have shape [P, W] with W = ", W, " and P dividing R = ",
-                R, ", got ", x_valid->sizes());
-    xv = x_valid->contiguous();
-  }
-  if (w_nonzero) {
-    check_words(*w_nonzero, x, "w_nonzero", "[K, W]");
-    TORCH_CHECK(w_nonzero->sizes() == w.sizes(), "xnor_gemm: w_nonzero must have the shape of w ",
-                w.sizes(), ", got ", w_nonzero->sizes());
-    wn = w_nonzero->contiguous();
-  }
+  if (x_valid) xv = x_valid->contiguous();
+  if (w_nonzero) wn = w_nonzero->contiguous();
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor xc = x.contiguous(), wc = w.contiguous();
   at::Tensor z = at::empty({R, K}, x.options().dtype(at::kInt));
@@ -170,22 +146,11 @@ __global__ void xnor_im2col_kernel(const T* z, uint64_t* out, Im2colArgs a, int6
 std::tuple<at::Tensor, at::Tensor> xnor_im2col_cuda(const at::Tensor& z, at::IntArrayRef kernel_size,
                                                     at::IntArrayRef stride, at::IntArrayRef padding) {
   TORCH_CHECK(z.is_cuda(), "xnor_im2col: z must be a CUDA tensor for the CUDA kernel, got ", z.device());
-  TORCH_CHECK(z.dim() == 4, "xnor_im2col: z must have shape [B, H, W, C], got ", z.sizes());
-  TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble ||
-                  z.scalar_type() == at::kInt,
-              "xnor_im2col: z must be float32, float64 or int32, got ", z.scalar_type());
-  TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2,
-              "xnor_im2col: kernel_size, stride and padding must be (h, w) pairs");
+  check_xnor_im2col(z, kernel_size, stride, padding);
   Im2colArgs a{};
   a.B = z.size(0), a.H = z.size(1), a.W = z.size(2), a.C = z.size(3);
   a.kh = kernel_size[0], a.kw = kernel_size[1], a.sh = stride[0], a.sw = stride[1];
   a.ph = padding[0], a.pw = padding[1];
-  TORCH_CHECK(a.kh >= 1 && a.kw >= 1 && a.sh >= 1 && a.sw >= 1 && a.ph >= 0 && a.pw >= 0,
-              "xnor_im2col: need kernel_size >= 1, stride >= 1, padding >= 0, got ", kernel_size,
-              ", ", stride, ", ", padding);
-  TORCH_CHECK(a.C >= 1 && a.H + 2 * a.ph >= a.kh && a.W + 2 * a.pw >= a.kw, "xnor_im2col: the ",
-              a.kh, "×", a.kw, " kernel does not fit the padded ", a.H, "×", a.W, " input with ",
-              a.C, " channels");
   a.OH = xnor::conv_out_size(a.H, a.kh, a.sh, a.ph);
   a.OW = xnor::conv_out_size(a.W, a.kw, a.sw, a.pw);
   a.words = (a.kh * a.kw * a.C + 63) / 64;
