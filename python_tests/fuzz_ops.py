@@ -41,7 +41,7 @@ ELEMENTWISE = {"bp_linear_input", "bp_upfield", "bp_output", "bp_argmax_output",
 ERROR_KIND = {"bp_upfield": "rel", "bp_output": "rel", "bp_linear_input": "abs", "bp_bayes_fwd": "abs",
               "bp_weight_var": "abs"}  # every other operator: "row"
 CAVITY = {"bp_linear_bwd_bpi", "bp_linear_omega_bp", "bp_linear_bwd_bp", "bp_cavity_update_"}
-MPMATH_SAMPLE = 200  # points per (scalar op, dtype, output)
+MPMATH_SAMPLE = 1000  # points per (scalar op, dtype, output)
 
 
 def _shape(op: str) -> tuple[int, int, int]:
