@@ -185,13 +185,14 @@ BPK_HD T mills_excess(T x, T e) {
   constexpr bool kFloat = std::is_same<T, float>::value;
   constexpr T kXt = kFloat ? T(3) : T(4);
   constexpr int kLevels = kFloat ? 12 : 24;
-#if !defined(__CUDA_ARCH__)
-  if constexpr (!kFloat) {
+#if defined(__CUDA_ARCH__)
+  constexpr bool kBlend = false;
+#else
+  constexpr bool kBlend = kFloat;
+#endif
+  if constexpr (!kBlend) {
     if (x < kXt) return T(1) / e - x;
   }
-#else
-  if (x < kXt) return T(1) / e - x;
-#endif
   const T xc = select(x < kXt, kXt, x);
   T t = T(0);
   for (int n = kLevels; n >= 1; --n) t = (T(0.5) * T(n)) / (xc + t);
