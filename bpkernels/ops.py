@@ -42,6 +42,13 @@ def bp_linear_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, mask: Tensor
         mag: [K, N] magnetisations m.  mask: [K, N] 0/1 weight mask, None for a dense layer.
     Returns:
         (omega, var, u), each [B, K].
+
+    Representable range: the moments are matrix products of x̂, x̂² and Δ, so every
+    :math:`|\hat x|` must stay below :math:`\sqrt{F/N}` (F the dtype's largest value:
+    1.8e19/√N in float32, 1.3e154/√N in float64). Beyond it x̂² overflows and V is +∞, or NaN
+    where σ = 0 (masked or fully polarised weights) even when the true V is finite; the model
+    layer refuses such inputs (``BPSequential.check_inputs``). Within it, u is finite wherever
+    :math:`\omega^2/(4V)` is representable.
     """
     return _ops.bp_linear_fwd.default(x_hat, delta, mag, mask)
 
@@ -54,13 +61,18 @@ def bp_linear_fwd_amp(x_hat, delta, mag, mask, g_old, x_hat_old, mag_old):
         - g^{old}\odot[\Delta (m\odot m^{old})^\top] + (g^{old})^2\odot[(\hat x^{old}\odot\Delta)(\sigma\odot m^{old})^\top]
 
     Args: as :func:`bp_linear_fwd` (mask [K, N] or None), plus g_old [B, K], x_hat_old [B, N],
-    mag_old [K, N].
+    mag_old [K, N]. Returns (omega, var, u), each [B, K].
+
+    Representable range: that of :func:`bp_linear_fwd` for x̂ and x̂_old, and the Onsager terms'
+    products :math:`|g^{old}\hat x\hat x^{old}|`, :math:`(g^{old})^2|\hat x^{old}|` summed over N
+    must stay below the dtype's largest value.
     """
     return _ops.bp_linear_fwd_amp.default(x_hat, delta, mag, mask, g_old, x_hat_old, mag_old)
 
 
 def bp_upfield(omega: Tensor, var: Tensor) -> Tensor:
-    r""":math:`u = U(\omega, \sqrt V)`, both [B, K]."""
+    r""":math:`u = U(\omega, \sqrt V)` [B, K] from omega and var [B, K] (docs/algorithms.md §2.2).
+    Representable range: u ≈ ω²/(4V) for large |ω|/√V, and is finite wherever that is (V > 0)."""
     return _ops.bp_upfield.default(omega, var)
 
 
@@ -71,7 +83,12 @@ def bp_output(b_top: Tensor, omega: Tensor, var: Tensor, hard: bool = False):
         g = \partial_\omega \ln\!\big[e^{b}\mathcal H(-\omega/s) + e^{-b}\mathcal H(\omega/s)\big],\qquad
         \Gamma = -\partial_\omega g = g\,(\omega/V + g),\quad s = \sqrt V
 
-    evaluated in the log domain, exact for every b including ±∞.
+    evaluated in the log domain, exact for every b including ±∞; Γ in the cancellation-free
+    form :math:`\Gamma = 2p(p - x)/V` of docs/algorithms.md §2.2 (accurate to the far
+    misclassified tail, margins to ±1e6 and beyond), not as the product above.
+    Representable range: g and Γ are finite for every finite ω and V > 0; where the true |g|
+    is below about 1e-30 (float32) or 1e-300 (float64) — a unit agreeing with its label by a
+    wide margin at a tiny V — they may underflow to 0.
 
     Args:
         b_top: [B, K] downward field from the layer above, or labels ±1 when ``hard``.
@@ -121,7 +138,8 @@ def bp_linear_bwd_amp(g, gamma, x_hat, delta, mag, mask=None, g_old=None, x_hat_
             - m\odot m^{old}\odot((g^{old}\odot\Gamma)^\top(\Delta\odot\hat x))
 
     with σ = (1 − m²)·mask. ``compute_b=False`` (first layer) returns an empty [B, 0] b.
-    Returns (b [B, N], h_in [K, N]).
+    Returns (b [B, N], h_in [K, N]). Representable range: Γ x̂² summed over B, like the moments
+    of :func:`bp_linear_fwd`, needs |x̂| below √(F/(B·max Γ)) (F the dtype's largest value).
     """
     return _ops.bp_linear_bwd_amp.default(g, gamma, x_hat, delta, mag, mask, g_old, x_hat_old,
                                           mag_old, compute_b)
@@ -196,7 +214,7 @@ def bp_bayes_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, mask: Tensor 
     r"""Bayesian moment propagation through one layer (docs/algorithms.md §6):
     :math:`\hat x' = \operatorname{erf}(\omega/\sqrt{2V})`, :math:`\Delta' = 1 - \hat x'^2` with ω, V as
     :func:`bp_linear_fwd` (x_hat, delta [B, N], mag, mask [K, N]). Returns (x_hat_out, delta_out),
-    each [B, K]."""
+    each [B, K]. Representable range: as :func:`bp_linear_fwd` (|x̂| below √(F/N))."""
     return _ops.bp_bayes_fwd.default(x_hat, delta, mag, mask)
 
 

@@ -20,15 +20,17 @@ VAR_EPS = 1e-8
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 INV_SQRT2 = 1.0 / math.sqrt(2.0)
 LN2 = math.log(2.0)
+SQRT_PI = math.sqrt(math.pi)
 
 
 def upfield(omega: Tensor, s: Tensor) -> Tensor:
     r"""Scalar spec of :math:`U(\omega, s) = \operatorname{atanh}\operatorname{erf}(\omega/(\sqrt2 s))`,
-    evaluated as :math:`\mathrm{sgn}(\omega)\,\tfrac12[\ln 2 + \mathrm{log1p}(-\tfrac12\,\mathrm{erfcx}(y)e^{-y^2})
-    - \ln\mathrm{erfcx}(y) + y^2]`, :math:`y = |\omega|/(\sqrt2 s)` (small y: atanh erf y)."""
+    evaluated as :math:`\mathrm{sgn}(\omega)\,(\tfrac12[\ln 2 + \mathrm{log1p}(-\tfrac12\,\mathrm{erfcx}(y)e^{-y^2})
+    - \ln\mathrm{erfcx}(y)] + (y/\sqrt2)^2)`, :math:`y = |\omega|/(\sqrt2 s)` (small y: atanh erf y;
+    :math:`y^2/2` formed as :math:`(y/\sqrt2)^2`, which overflows only where U does)."""
     y = omega.abs() * INV_SQRT2 / s
     ex = torch.special.erfcx(y)
-    large = 0.5 * (LN2 + torch.log1p(-0.5 * ex * torch.exp(-y * y)) - torch.log(ex) + y * y)
+    large = 0.5 * (LN2 + torch.log1p(-0.5 * ex * torch.exp(-y * y)) - torch.log(ex)) + (y * INV_SQRT2).square()
     small = torch.atanh(torch.erf(y))
     return torch.where(y < 0.5, small, large) * torch.where(omega < 0, -1.0, 1.0)
 
@@ -38,18 +40,55 @@ def output_coef(b_top: Tensor, s: Tensor, hard: bool) -> tuple[Tensor, Tensor, T
     :math:`\alpha = -\varsigma/(\sqrt2 s)`, :math:`c = \ln((1-|\tanh b|)/|\tanh b|)` (:math:`-\infty` for hard
     labels), :math:`\mathrm{num} = \varsigma\sqrt{2/\pi}/s`, :math:`\varsigma = \mathrm{sgn}\, b`."""
     sgn = torch.where(b_top < 0, -1.0, 1.0).to(s.dtype)
-    if hard:
-        c = torch.full_like(s, -math.inf)
-    else:
-        ab = b_top.abs()
-        c = LN2 - 2.0 * ab - torch.log1p(-torch.exp(-2.0 * ab))
+    c = torch.full_like(s, -math.inf) if hard else soft_label_log_ratio(b_top)
     return -sgn * INV_SQRT2 / s, c, sgn * SQRT_2_OVER_PI / s
+
+
+def soft_label_log_ratio(b: Tensor) -> Tensor:
+    r""":math:`c = \ln((1-|t|)/|t|)`, :math:`t = \tanh b`, for every b (+∞ at 0, −∞ at ±∞): as
+    :math:`(1-|t|)/|t| = e^{-|b|}/\sinh|b|`, :math:`\ln 2 - 2|b| - \mathrm{log1p}(-e^{-2|b|})` for
+    :math:`|b| \ge 1/8` and :math:`-|b| - \ln|b| - \mathrm{log1p}(b^2/6 + b^4/120 + b^6/5040 + b^8/362880)`
+    below (the first form loses all accuracy as :math:`e^{-2|b|}` rounds to 1)."""
+    ab = b.abs()
+    z = ab.square()
+    small = -ab - torch.log(ab) - torch.log1p(z * (1 / 6 + z * (1 / 120 + z * (1 / 5040 + z / 362880))))
+    large = LN2 - 2.0 * ab - torch.log1p(-torch.exp(-2.0 * ab))
+    return torch.where(ab < 0.125, small, large)
 
 
 def output_g(alpha: Tensor, c: Tensor, num: Tensor, omega: Tensor) -> Tensor:
     """g at preactivation mean omega (cavity or not), broadcasting the coefficients."""
     x = alpha * omega
     return num / (torch.exp(x * x + c) + torch.special.erfcx(x))
+
+
+def mills_excess(x: Tensor, e: Tensor) -> Tensor:
+    r""":math:`K(x) = 1/e - x`, :math:`e = \sqrt\pi\,\mathrm{erfcx}(x)`, for x > 0 without cancellation:
+    below :math:`x_t` the difference, from :math:`x_t` on Laplace's continued fraction
+    :math:`K = (1/2)/(x + 1/(x + (3/2)/(x + \dots)))` from its n-th level (float64: x_t = 4, n = 24;
+    float32: x_t = 3, n = 12)."""
+    x_t, levels = (3.0, 12) if x.dtype == torch.float32 else (4.0, 24)
+    xc = x.clamp(min=x_t)
+    t = torch.zeros_like(x)
+    for n in range(levels, 0, -1):
+        t = (0.5 * n) / (xc + t)
+    return torch.where(x < x_t, 1.0 / e - x, t)
+
+
+def output_g_gamma(alpha: Tensor, c: Tensor, num: Tensor, omega: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+    r"""g and :math:`\Gamma = -\partial g/\partial\omega` (docs/algorithms.md §2.2, §10.15): with
+    :math:`x = \alpha\omega`, :math:`E = e^{x^2 + c}`, :math:`e = \sqrt\pi\,\mathrm{erfcx}(x)`,
+    :math:`p = 1/(\sqrt\pi E + e)`: :math:`\Gamma = 2p(p - x)/V`, where :math:`p - x = p\,e\,K(x) - x q`,
+    :math:`q = 1/(1 + e/(\sqrt\pi E))` for x > 0 (:func:`mills_excess`)."""
+    x = alpha * omega
+    big_e = torch.exp(x * x + c)
+    ex = torch.special.erfcx(x)
+    g = num / (big_e + ex)
+    e = SQRT_PI * ex
+    p = 1.0 / (SQRT_PI * big_e + e)
+    q = 1.0 / (1.0 + e / (SQRT_PI * big_e))
+    excess = torch.where(x > 0, p * e * mills_excess(x, e) - x * q, p - x)
+    return g, 2.0 * p * excess / var
 
 
 def bp_linear_input(u: Tensor, b: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -98,9 +137,8 @@ def bp_upfield(omega: Tensor, var: Tensor) -> Tensor:
 
 
 def bp_output(b_top: Tensor, omega: Tensor, var: Tensor, hard: bool) -> tuple[Tensor, Tensor]:
-    """Spec for ``bpkernels::bp_output``: g(b, ω, √V) and Γ = g(ω/V + g)."""
-    g = output_g(*output_coef(b_top, var.sqrt(), hard), omega)
-    return g, g * (omega / var + g)
+    """Spec for ``bpkernels::bp_output``: g(b, ω, √V) and Γ = −∂g/∂ω (:func:`output_g_gamma`)."""
+    return output_g_gamma(*output_coef(b_top, var.sqrt(), hard), omega, var)
 
 
 def bp_argmax_output(omega: Tensor, var: Tensor, labels: Tensor) -> Tensor:

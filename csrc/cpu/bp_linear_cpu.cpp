@@ -94,22 +94,18 @@ std::tuple<at::Tensor, at::Tensor> output_cpu(const at::Tensor& b_top, const at:
     const scalar_t* pv = vc.const_data_ptr<scalar_t>();
     scalar_t* pg = g.mutable_data_ptr<scalar_t>();
     scalar_t* pG = gamma.mutable_data_ptr<scalar_t>();
-    // g from the coefficients as scalars (see output_g), Γ = g (ω/V + g)
+    // g and Γ = −∂g/∂ω from the coefficients as scalars (see output_g_gamma; c = −∞ when hard)
     if (hard) {
       parallel_simd_for(oc.numel(), kGrainElems / 4, [=](int64_t e) BPK_ALWAYS_INLINE_LAMBDA {
         scalar_t alpha, num;
         output_coef_hard(pb[e], std::sqrt(pv[e]), alpha, num);
-        const scalar_t g_e = output_g_hard(alpha, num, po[e]);
-        pg[e] = g_e;
-        pG[e] = output_gamma(g_e, po[e], pv[e]);
+        output_g_gamma(alpha, -inf_value<scalar_t>(), num, po[e], pv[e], pg[e], pG[e]);
       });
     } else {
       parallel_simd_for(oc.numel(), kGrainElems / 4, [=](int64_t e) BPK_ALWAYS_INLINE_LAMBDA {
         scalar_t alpha, c, num;
         output_coef(pb[e], std::sqrt(pv[e]), alpha, c, num);
-        const scalar_t g_e = output_g(alpha, c, num, po[e]);
-        pg[e] = g_e;
-        pG[e] = output_gamma(g_e, po[e], pv[e]);
+        output_g_gamma(alpha, c, num, po[e], pv[e], pg[e], pG[e]);
       });
     }
   });

@@ -92,7 +92,7 @@ at::Tensor upfield_cuda(const at::Tensor& omega, const at::Tensor& var) {
 
 // ---- output function g and curvature Γ ----------------------------------------------------
 
-// g = g(b_top, ω, √V) (b_top = labels ±1 when kHard), Γ = g (ω/V + g).
+// g = g(b_top, ω, √V) (b_top = labels ±1 when kHard) and Γ = −∂g/∂ω (output_g_gamma).
 //   b_top, omega, var, g, gamma: [B, K] contiguous, n = B·K.
 template <typename T, bool kHard>
 __global__ void output_kernel(const T* __restrict__ b_top, const T* __restrict__ omega,
@@ -100,14 +100,8 @@ __global__ void output_kernel(const T* __restrict__ b_top, const T* __restrict__
                               T* __restrict__ gamma, int64_t n) {
   BPK_GRID_STRIDE(e, n) {
     const T v = var[e], o = omega[e], s = sqrt(v);
-    T ge;
-    if constexpr (kHard) {
-      ge = output_g_hard(output_coef_hard(b_top[e], s), o);
-    } else {
-      ge = output_g(output_coef(b_top[e], s), o);
-    }
-    g[e] = ge;
-    gamma[e] = output_gamma(ge, o, v);
+    const OutputCoef<T> k = kHard ? output_coef_hard(b_top[e], s) : output_coef(b_top[e], s);
+    output_g_gamma(k.alpha, k.c, k.num, o, v, g[e], gamma[e]);
   }
 }
 

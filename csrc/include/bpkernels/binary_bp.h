@@ -17,6 +17,7 @@ constexpr double kVarEps = 1e-8;
 constexpr double kSqrt2OverPi = 0.79788456080286535588;  // √(2/π)
 constexpr double kInvSqrt2 = 0.70710678118654752440;     // 1/√2
 constexpr double kLn2 = 0.69314718055994530942;
+constexpr double kSqrtPi = 1.77245385090551602730;       // √π
 
 template <typename T>
 BPK_HD T inf_value() {
@@ -45,9 +46,10 @@ BPK_HD void input_moments(T u, T b, T& x_hat, T& delta) {
 //   U(ω, s) = atanh erf(ω / (√2 s)).
 // With y = |ω|/(√2 s) it is evaluated as
 //   y < 1/2:  sgn(ω) atanh(erf y)
-//   y ≥ 1/2:  sgn(ω) · ½ [ln 2 + log1p(−½ erfcx(y) e^{−y²}) − ln erfcx(y) + y²],
+//   y ≥ 1/2:  sgn(ω) · (½ [ln 2 + log1p(−½ erfcx(y) e^{−y²}) − ln erfcx(y)] + (y/√2)²),
 // which never rounds erf to 1 and grows like ω²/(4s²) = y²/2,
-// the asymptote of ½ ln(2/erfc y) (pitfall §10.2).
+// the asymptote of ½ ln(2/erfc y) (pitfall §10.2); y²/2 is formed as (y/√2)², which overflows
+// only where U itself does (y² alone overflows at half that for tiny V).
 // Host float: both branches are evaluated branch-free and blended (the CPU loops vectorise),
 // with erf y = (2/√π) y Σ_n (−y²)ⁿ/(n!(2n+1)) to n = 7 (first omitted term < 1e-9 relative at
 // y = ½) and atanh e = ½ log1p(2e/(1 − e)).
@@ -63,7 +65,8 @@ BPK_HD T upfield(T omega, T s) {
                           + z * -1.3227513e-05f)))))));
     const float small = 0.5f * vlog1p(2.0f * erf_y / (1.0f - erf_y));
     const float ex = erfcx(yl);
-    const float large = 0.5f * (float(kLn2) + vlog1p(-0.5f * ex * vexp(-yl * yl)) - vlog(ex) + yl * yl);
+    const float h = yl * float(kInvSqrt2);
+    const float large = 0.5f * (float(kLn2) + vlog1p(-0.5f * ex * vexp(-yl * yl)) - vlog(ex)) + h * h;
     const float mag = select(y < 0.5f, small, large);
     return select(omega < 0.0f, -mag, mag);
   }
@@ -73,7 +76,8 @@ BPK_HD T upfield(T omega, T s) {
     mag = std::atanh(std::erf(y));
   } else {
     const T ex = erfcx(y);
-    mag = T(0.5) * (T(kLn2) + std::log1p(T(-0.5) * ex * std::exp(-y * y)) - std::log(ex) + y * y);
+    const T h = y * T(kInvSqrt2);
+    mag = T(0.5) * (T(kLn2) + std::log1p(T(-0.5) * ex * std::exp(-y * y)) - std::log(ex)) + h * h;
   }
   return omega < T(0) ? -mag : mag;
 }
@@ -91,11 +95,21 @@ struct OutputCoef {
   T num;    // ς √(2/π) / s
 };
 
-// c = ln((1 − |t|)/|t|) = ln 2 − 2|b| − log1p(−e^{−2|b|}), exact for every |b| including ±∞.
+// c = ln((1 − |t|)/|t|) for every |b| including 0 (c = +∞) and ±∞ (c = −∞). As
+// (1 − |t|)/|t| = e^{−|b|}/sinh|b|:
+//   |b| ≥ 1/8:  c = ln 2 − 2|b| − log1p(−e^{−2|b|})
+//   |b| < 1/8:  c = −|b| − ln|b| − log1p(b²/6 + b⁴/120 + b⁶/5040 + b⁸/362880)   (ln(sinh|b|/|b|);
+//               the first omitted term, b¹⁰/39916800, is < 3e-17 there).
+// The first line alone loses the absolute accuracy ε/(2|b|) in 1 − e^{−2|b|} as |b| → 0 (in
+// float32 e^{−2|b|} rounds to 1 for |b| ≤ 3e-8, c becomes +∞ and g = 0: pitfall §10.16).
 template <typename T>
 BPK_HD T soft_label_log_ratio(T b) {
   const T ab = std::fabs(b);
-  return T(kLn2) - T(2) * ab - vlog1p(-vexp(T(-2) * ab));
+  const T z = ab * ab;
+  const T small = -ab - vlog(ab)
+                  - vlog1p(z * (T(1.0 / 6) + z * (T(1.0 / 120) + z * (T(1.0 / 5040) + z * T(1.0 / 362880)))));
+  const T large = T(kLn2) - T(2) * ab - vlog1p(-vexp(T(-2) * ab));
+  return select(ab < T(0.125), small, large);
 }
 
 // Coefficients for a finite or infinite downward field b on the unit's output, as scalars (the
@@ -156,10 +170,57 @@ BPK_HD T output_g_hard(OutputCoef<T> k, T omega) {
   return output_g_hard(k.alpha, k.num, omega);
 }
 
-// Curvature Γ = −∂g/∂ω = g (ω/V + g), valid for every finite or infinite b (docs/algorithms.md §2.2).
+// K(x) = 1/(√π erfcx(x)) − x for x > 0, the excess of the inverse Mills ratio over its asymptote
+// (K ~ 1/(2x) as x → ∞), without the cancellation of that difference for large x.
+//   x ≥ x_t:  Laplace's continued fraction √π erfcx(x) = 1/(x + K(x)),
+//             K(x) = (1/2)/(x + 1/(x + (3/2)/(x + 2/(x + …)))) (n-th coefficient n/2), evaluated
+//             bottom-up from its n-th level; truncation error at x = x_t below 5e-17 (double:
+//             x_t = 4, n = 24) and 1e-8 (float: x_t = 3, n = 12), smaller for larger x;
+//   x < x_t:  the difference itself, which loses log2(1 + 2x²) bits at most (5 in double, 4.2
+//             in float).
+// e = √π erfcx(x) is passed in (the caller has it). Host float: both branches are evaluated and
+// blended (x clamped to x_t in the fraction), so that the CPU loops vectorise.
 template <typename T>
-BPK_HD T output_gamma(T g, T omega, T var) {
-  return g * (omega / var + g);
+BPK_HD T mills_excess(T x, T e) {
+  constexpr bool kFloat = std::is_same<T, float>::value;
+  constexpr T kXt = kFloat ? T(3) : T(4);
+  constexpr int kLevels = kFloat ? 12 : 24;
+#if defined(__CUDA_ARCH__)
+  constexpr bool kBlend = false;
+#else
+  constexpr bool kBlend = kFloat;
+#endif
+  if constexpr (!kBlend) {
+    if (x < kXt) return T(1) / e - x;
+  }
+  const T xc = select(x < kXt, kXt, x);
+  T t = T(0);
+  for (int n = kLevels; n >= 1; --n) t = (T(0.5) * T(n)) / (xc + t);
+  return select(x < kXt, T(1) / e - x, t);
+}
+
+// g and the curvature Γ = −∂g/∂ω of the output function for every finite or infinite b
+// (docs/algorithms.md §2.2, §10.15), from the coefficients as scalars (c = −∞: hard label).
+// With x = αω, E = exp(x² + c), e = √π erfcx(x) and p = 1/(√π E + e):
+//   g = num/(E + erfcx(x)) = ς √2 p / s,
+//   Γ = 2 p (p − x) / V
+// (from ∂_x[E + erfcx(x)] = 2x(E + erfcx(x)) − 2/√π and ∂x/∂ω = α). p − x is a sum of
+// non-negative terms for x ≤ 0; for x > 0 (ω against the label or field) p ≈ x, and
+//   p − x = p (1 − x e − x √π E) = p e K(x) − x q,   q = √π E p = 1/(1 + e/(√π E)),
+// with 1 − x e = K e (Laplace's fraction, see mills_excess), is free of cancellation for hard
+// labels (q = 0: Γ = GH(z)(GH(z) − z)/s², z = √2 x) and cancels for soft ones only where Γ
+// itself changes sign. The product form g (ω/V + g) loses ~(ω/s)² ulps there (pitfall §10.15).
+template <typename T>
+BPK_HD void output_g_gamma(T alpha, T c, T num, T omega, T var, T& g, T& gamma) {
+  const T x = alpha * omega;
+  const T big_e = vexp(x * x + c);
+  const T ex = erfcx(x);
+  g = num / (big_e + ex);
+  const T e = T(kSqrtPi) * ex;
+  const T p = T(1) / (T(kSqrtPi) * big_e + e);
+  const T q = T(1) / (T(1) + e / (T(kSqrtPi) * big_e));
+  const T excess = select(x > T(0), p * e * mills_excess(x, e) - x * q, p - x);
+  gamma = T(2) * p * excess / var;
 }
 
 // ---- BP cavity quantities (docs/algorithms.md §4.2, §4.3) ------------------------------------
