@@ -111,14 +111,14 @@ class GaussianBPLinear(BPLayer):
         """Sets the weight marginals: field H, precision Ω > 0 and the mean m (default H/Ω),
         each [K, N]."""
         field, precision = torch.as_tensor(field), torch.as_tensor(precision)
+        if not (precision >= MIN_PRECISION).all():
+            raise ValueError(f"precision must be >= {MIN_PRECISION}")
         mag = field / precision if mag is None else torch.as_tensor(mag)
         for name, t in (("field", field), ("precision", precision), ("mag", mag)):
             if t.shape != self.field.shape:
                 raise ValueError(f"{name} must have shape {list(self.field.shape)}, got {list(t.shape)}")
             if not torch.isfinite(t).all():
                 raise ValueError(f"{name} must be finite")
-        if not (precision >= MIN_PRECISION).all():
-            raise ValueError(f"precision must be >= {MIN_PRECISION}")
         self.field.copy_(field)
         self.precision.copy_(precision)
         self.mag.copy_(mag)
