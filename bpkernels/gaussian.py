@@ -75,7 +75,7 @@ class GaussianBPLinear(BPLayer):
                          generator, dtype, device, prior)
         self.in_features, self.out_features = in_features, out_features
         self.register_buffer("prior_precision",
-                             torch.ones_like(self.precision) if prior == "field" else None)
+                             torch.zeros_like(self.precision) if prior == "field" else None)
 
     def _init_marginals(self, weight_shape, generator, factory):
         # Ω = N/ϵ², H = (√N/ϵ)·N(0, 1): m = H/Ω ~ N(0, ϵ²/N), σ = ϵ²/N (docs §4.7).
