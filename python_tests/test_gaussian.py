@@ -308,6 +308,35 @@ def test_cli_weights_gaussian(tmp_path):
     assert model.bp_layers[-1].output == "argmax"
 
 
+def test_cli_continual_cbpi_builds_gaussian_layers():
+    import argparse
+
+    ds = data.teacher_student(100, 50, (20, 5, 3), seed=0)
+    args = argparse.Namespace(hidden=[7], psi=None, seed=0, dtype="float64", tau_max=1)
+    trainer = cli.continual_trainer("cbpi", args, ds, 100, "cpu")
+    assert [type(layer) for layer in trainer.model.bp_layers] == [GaussianBPLinear, BPLinear]
+    assert all(layer.rho == 1.0 for layer in trainer.model.bp_layers)
+
+
+def test_binary_conv_below_a_gaussian_dense_layer():
+    """A mixed network with a binary convolution: the Gaussian dense layer above it receives
+    the convolution's up-fields like any layer."""
+    from torch import nn
+
+    from bpkernels import BPConv2d
+
+    x = torch.randn(32, 1, 6, 6, dtype=F64)
+    y = torch.where(x.mean(dim=(1, 2, 3)) > 0, 1.0, -1.0).to(F64)
+    net = BPSequential(BPConv2d(1, 3, 3, input_size=(6, 6), dtype=F64), nn.Flatten(),
+                       GaussianBPLinear(48, 1, output="sign", dtype=F64))
+    before = net.bp_layers[1].precision.clone()
+    for _ in range(3):
+        net.bp_step(x, y)
+    assert not torch.equal(net.bp_layers[1].precision, before)
+    for mode in ("pointwise", "bayes"):
+        assert set(net.predict(x, mode).tolist()) <= {-1.0, 1.0}
+
+
 def test_ste_float_weights():
     from bpkernels.baselines import train_baseline
 
