@@ -122,6 +122,9 @@ def run_message_passing(args, data, device, run_dir):
         args = argparse.Namespace(**{**vars(args), "algo": "cbpi", "weights": "gaussian"})
     factory = dict(r=args.r, init_std=args.init_std, density=args.density, seed=args.seed,
                    dtype=getattr(torch, args.dtype), device=device)
+    # Binary runs record no "weights" key, so runs started before --weights still resume.
+    config = {k: v for k, v in vars(args).items()
+              if k != "func" and not (k == "weights" and v == "binary")}
     if getattr(args, "arch", None):
         n_layers = sum(token.startswith(("conv", "dense")) for token in args.arch.lower().split("-"))
         model = build_arch(args.arch, algo=args.algo, num_classes=data.num_classes,
@@ -135,7 +138,7 @@ def run_message_passing(args, data, device, run_dir):
                     weights=_weight_families(args.weights, n_layers, data.binary), **factory)
     return fit(model, data, epochs=args.epochs, batch_size=args.batch_size or None,
                tau_max=args.tau_max, r_step=args.r_step, seed=args.seed, run_dir=run_dir,
-               config={k: v for k, v in vars(args).items() if k != "func"}, resume=getattr(args, "resume", False),
+               config=config, resume=getattr(args, "resume", False),
                progress=not args.no_progress, eval_bayes=not args.no_bayes, method=args.algo,
                overwrite=args.overwrite)
 

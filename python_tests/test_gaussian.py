@@ -306,6 +306,16 @@ def test_cli_weights_gaussian(tmp_path):
     model, _ = load_model(str(tmp_path / "r" / "checkpoint.pt"))
     assert [type(layer) for layer in model.bp_layers] == [GaussianBPLinear, BPLinear]
     assert model.bp_layers[-1].output == "argmax"
+    import json
+
+    config = json.load(open(tmp_path / "r" / "config.json"))
+    assert config["weights"] == "gaussian" and config["algo"] == "cbpi"
+    args = parser.parse_args(["train", "--dataset", "teacher", "--task", "evenodd", "--hidden", "5",
+                              "--epochs", "1", "--subset", "200", "--test-subset", "50",
+                              "--no-progress", "--run-dir", str(tmp_path / "b")])
+    assert args.func(args) == 0
+    # a binary run records no "weights" key: runs started before the option still resume
+    assert "weights" not in json.load(open(tmp_path / "b" / "config.json"))
 
 
 def test_cli_continual_cbpi_builds_gaussian_layers():
