@@ -12,6 +12,7 @@ from . import data, ops, reference
 from .algorithms import ALGORITHMS, Algorithm, register_algorithm
 from .arch import build_arch, mlp, parse_arch
 from .conv import BPConv2d
+from .gaussian import GaussianBPLinear
 from .layers import BPLayer, BPLinear, register_layer
 from .packed import export, load_packed
 from .sequential import BPSequential
@@ -20,6 +21,7 @@ from .train import MessagePassingTrainer, Trainer, evaluate, fit, load_model
 __version__ = "0.2.0"
 
 __all__ = ["ALGORITHMS", "Algorithm", "BPConv2d", "BPLayer", "BPLinear", "BPSequential",
+           "GaussianBPLinear",
            "MessagePassingTrainer", "Trainer", "build_arch", "data", "evaluate", "export", "fit",
            "load_model", "load_packed", "mlp", "ops", "parse_arch", "reference", "register_algorithm",
            "register_layer", "__version__"]

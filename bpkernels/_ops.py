@@ -235,6 +235,25 @@ def _(mag, mask):
     return torch.empty_like(mag, memory_format=torch.contiguous_format)
 
 
+# ---- Gaussian (continuous) weight family ---------------------------------------------------
+
+@torch.library.register_fake(_lib + "gauss_linear_fwd")
+def _(x_hat, delta, mag, precision):
+    torch._check(x_hat.shape[1] == mag.shape[1])
+    out = x_hat.new_empty(x_hat.shape[0], mag.shape[0])
+    return out, torch.empty_like(out), torch.empty_like(out)
+
+
+@torch.library.register_fake(_lib + "gauss_linear_bwd_cbpi")
+def _(b_top, omega, var, x_hat, delta, mag, hard, compute_b):
+    return _b_out(x_hat, compute_b), x_hat.new_empty(mag.shape), x_hat.new_empty(mag.shape)
+
+
+@torch.library.register_fake(_lib + "gauss_field_update_")
+def _(field, precision, mag, h_in, omega_in, field_prior, precision_prior, rho, r, psi):
+    return field.new_empty(())
+
+
 # ---- packed (XNOR-popcount) inference ------------------------------------------------------
 
 @torch.library.register_fake(_lib + "xnor_im2col")

@@ -51,6 +51,9 @@ class BatchState:
     h_in: Tensor | None = None  # the last field message [K, N], until the field update
     b_top: Tensor | None = None  # the downward field from above of the last backward, rows
     b_rows: Tensor | None = None  # this layer's downward field of the last backward, rows
+    # Gaussian weights: Ω_prior of the precision update Ω ← Ω_in + rΩ + ρ·Ω_prior; None with
+    # field_prior None (PasP: the layer's own Ω)
+    precision_prior: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -64,17 +67,28 @@ class Weights:
     psi: float
 
 
+@dataclass(frozen=True)
+class GaussianWeights(Weights):
+    """Gaussian weight marginals (docs §4.7) as [K, N] views: ``field`` H, ``mag`` the damped
+    mean m, ``precision`` Ω (variance σ = 1/Ω); no mask."""
+
+    precision: Tensor
+
+
 class Algorithm:
     """One message-passing variant. Subclasses implement :meth:`forward` and :meth:`backward`;
     they are stateless (the state of a batch is the :class:`BatchState`).
 
     Attributes:
         name: the registry name.
+        family: the weight family it updates: "binary" (±1 weights, :class:`Weights`) or
+            "gaussian" (continuous weights, :class:`GaussianWeights`).
         on_rows: the algorithm works on [R, N] rows (True) or on the layer's own tensors.
         damp_field: the field update damps H instead of m (the argmax output layer, §4.5).
     """
 
     name = ""
+    family = "binary"
     on_rows = True
     damp_field = False
 
@@ -214,6 +228,26 @@ class ArgmaxOutput(Algorithm):
         return ops.bp_linear_bwd_mf(g, st.x_hat, w.mag, compute_b)
 
 
+class CBPI(Algorithm):
+    """Continuous-weight BPI (docs §4.7) on Gaussian weights (:class:`GaussianWeights`): BPI's
+    forward moments with σ = 1/Ω, BPI's cavity ĝ, b and H_in, and the precision message
+    Ω_in = Σ_a [(x̂² + Δ)Γ − Δ g²], all from one fused kernel. ``backward`` returns the two
+    weight messages stacked, [2, K, N] = (H_in, Ω_in), so that the sweep's reduction hook
+    (e.g. the data-parallel all-reduce) sums both."""
+
+    name = "cbpi"
+    family = "gaussian"
+
+    def forward(self, st, w):
+        st.omega, st.var, u = ops.gauss_linear_fwd(st.x_hat, st.delta, w.mag, w.precision)
+        return u
+
+    def backward(self, st, b_top, w, hard, compute_b):
+        b, h_in, omega_in = ops.gauss_linear_bwd_cbpi(b_top, st.omega, st.var, st.x_hat, st.delta,
+                                                      w.mag, hard, compute_b)
+        return b, torch.stack((h_in, omega_in))
+
+
 ALGORITHMS: dict[str, type[Algorithm]] = {}
 
 
@@ -223,7 +257,7 @@ def register_algorithm(cls: type[Algorithm]) -> type[Algorithm]:
     return cls
 
 
-for _cls in (MF, AMP, BPI, BP):
+for _cls in (MF, AMP, BPI, BP, CBPI):
     register_algorithm(_cls)
 
 OUTPUT_ALGORITHMS: dict[str, Callable[[], Algorithm]] = {"argmax": ArgmaxOutput}

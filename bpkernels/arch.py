@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .conv import BPConv2d
+from .gaussian import GaussianBPLinear
 from .layers import PSI_DEFAULT, BPLinear
 from .sequential import BPSequential
 
@@ -133,21 +134,34 @@ def per_layer(value, name: str, n_layers: int) -> list:
 def mlp(sizes: list[int], algo: str = "bpi", output: str = "argmax", flatten: bool = False,
         rho: list[float] | float | None = None, psi: list[float] | float = PSI_DEFAULT,
         r: float = 0.0, init_std: float = 1.0, density: float | None = None, seed: int = 0,
-        dtype: torch.dtype = torch.float32, device=None) -> BPSequential:
+        dtype: torch.dtype = torch.float32, device=None,
+        weights: Sequence[str] | str = "binary") -> BPSequential:
     """A BPSequential MLP with layer sizes [N0, N1, ..., K] and paper defaults.
 
     rho / psi: one value for every layer or one per layer (None: 1.0001 hidden, 0.9 output).
+    weights: "binary" (BPLinear, algorithm ``algo``) or "gaussian" (GaussianBPLinear, algorithm
+    "cbpi", no density), for every layer or one per layer (mixed networks; a Gaussian layer
+    cannot be an argmax output, see :mod:`bpkernels.gaussian`).
     """
     n_layers = len(sizes) - 1
     if n_layers < 1:
         raise ValueError("sizes needs at least an input and an output size")
 
     rhos, psis = per_layer(rho, "rho", n_layers), per_layer(psi, "psi", n_layers)
+    families = [weights] * n_layers if isinstance(weights, str) else list(weights)
+    if len(families) != n_layers or not set(families) <= {"binary", "gaussian"}:
+        raise ValueError(f"weights must be 'binary', 'gaussian' or one of them per layer "
+                         f"({n_layers}), got {weights!r}")
+    if density is not None and "gaussian" in families:
+        raise ValueError("Gaussian layers have no weight mask: density must be None")
     gen = torch.Generator().manual_seed(seed)
     layers: list[nn.Module] = [nn.Flatten()] if flatten else []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         last = i == n_layers - 1
-        layers.append(BPLinear(n_in, n_out, algo=algo, output=output if last else None, rho=rhos[i],
-                               psi=psis[i], r=r, init_std=init_std, density=density, generator=gen,
-                               dtype=dtype, device=device))
+        hyper = dict(output=output if last else None, rho=rhos[i], psi=psis[i], r=r,
+                     init_std=init_std, generator=gen, dtype=dtype, device=device)
+        if families[i] == "gaussian":
+            layers.append(GaussianBPLinear(n_in, n_out, **hyper))
+        else:
+            layers.append(BPLinear(n_in, n_out, algo=algo, density=density, **hyper))
     return BPSequential(*layers)

@@ -99,6 +99,9 @@ def add_mp_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--density", type=float, default=None,
                    help="weight density of a fixed random mask (the gradient baselines get the "
                         "masks message passing draws for the same seed)")
+    p.add_argument("--weights", default="binary", choices=["binary", "gaussian"],
+                   help="weight family of an MLP: gaussian = continuous weights trained by cbpi "
+                        "(a multi-class output layer stays binary); --algo cbpi implies it")
     p.add_argument("--no-bayes", action="store_true", help="skip the Bayesian errors each epoch")
     p.add_argument("--arch", default=None,
                    help="an architecture string instead of --hidden (message passing and the "
@@ -117,9 +120,24 @@ def _per_layer(values, n_layers):
         sys.exit(f"error: give one value or {n_layers} values (one per layer), got {len(values)}")
 
 
+def _weight_families(family: str, n_layers: int, binary_task: bool):
+    """--weights gaussian (or --algo cbpi): every layer Gaussian, except a multi-class output
+    layer, which stays binary (a Gaussian argmax layer is not defined, bpkernels.gaussian)."""
+    if family == "binary":
+        return "binary"
+    return ["gaussian"] * (n_layers - 1) + ["gaussian" if binary_task else "binary"]
+
+
 def run_message_passing(args, data, device, run_dir):
+    if args.algo == "cbpi" or args.weights == "gaussian":
+        if getattr(args, "arch", None):
+            sys.exit("error: --weights gaussian (algo cbpi) builds MLPs only, not --arch")
+        args = argparse.Namespace(**{**vars(args), "algo": "cbpi", "weights": "gaussian"})
     factory = dict(r=args.r, init_std=args.init_std, density=args.density, seed=args.seed,
                    dtype=getattr(torch, args.dtype), device=device)
+    # Binary runs record no "weights" key, so runs started before --weights still resume.
+    config = {k: v for k, v in vars(args).items()
+              if k != "func" and not (k == "weights" and v == "binary")}
     if getattr(args, "arch", None):
         n_layers = sum(token.startswith(("conv", "dense")) for token in args.arch.lower().split("-"))
         model = build_arch(args.arch, algo=args.algo, num_classes=data.num_classes,
@@ -130,10 +148,11 @@ def run_message_passing(args, data, device, run_dir):
         sizes = [data.train_x.shape[1], *args.hidden, 1 if data.binary else data.num_classes]
         n_layers = len(sizes) - 1
         model = mlp(sizes, algo=args.algo, output="sign" if data.binary else "argmax",
-                    rho=_per_layer(args.rho, n_layers), psi=_per_layer(args.psi, n_layers), **factory)
+                    rho=_per_layer(args.rho, n_layers), psi=_per_layer(args.psi, n_layers),
+                    weights=_weight_families(args.weights, n_layers, data.binary), **factory)
     return fit(model, data, epochs=args.epochs, batch_size=args.batch_size or None,
                tau_max=args.tau_max, r_step=args.r_step, seed=args.seed, run_dir=run_dir,
-               config={k: v for k, v in vars(args).items() if k != "func"}, resume=getattr(args, "resume", False),
+               config=config, resume=getattr(args, "resume", False),
                progress=not args.no_progress, eval_bayes=not args.no_bayes, method=args.algo,
                overwrite=args.overwrite)
 
@@ -241,7 +260,9 @@ def continual_trainer(method: str, args, data, n_train: int, device):
         rho = _per_layer(args.rho, len(sizes) - 1) if args.rho else (None if variant else 1.0)
         model = mlp(sizes, algo=algo, output="sign" if data.binary else "argmax", rho=rho,
                     psi=args.psi[0] if args.psi else 0.8, seed=args.seed,
-                    dtype=getattr(torch, args.dtype), device=device)
+                    dtype=getattr(torch, args.dtype), device=device,
+                    weights=_weight_families("gaussian" if algo == "cbpi" else "binary",
+                                             len(sizes) - 1, data.binary))
         return MessagePassingTrainer(model, tau_max=args.tau_max, eval_bayes=False, method=method)
     from .baselines import make_trainer
 

@@ -100,6 +100,7 @@ class BPLayer(nn.Module):
     """
 
     kind = ""
+    family = "binary"  # the weight family; an algorithm updates one family (Algorithm.family)
     supports_cavity_state = False  # BP τ_max > 1 keeps a K×N×R state (dense layers only)
 
     def __init__(self, weight_shape: tuple[int, ...], algo: str, output: str | None,
@@ -112,6 +113,9 @@ class BPLayer(nn.Module):
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
         self.algorithm = lookup(algo, output)
+        if self.algorithm.family != self.family:
+            raise ValueError(f"algo {algo!r} updates {self.algorithm.family} weights; "
+                             f"{type(self).__name__} has {self.family} weights")
         self.algo, self.output = algo, output
         rho = (RHO_OUTPUT if output else RHO_HIDDEN) if rho is None else rho
         self.rho = check_hyper("rho", rho, 0.0, math.inf, "[0, inf)")
@@ -121,17 +125,22 @@ class BPLayer(nn.Module):
         self.density = None if density is None else check_hyper(
             "density", density, 0.0, 1.0, "(0, 1]", include_low=False)
 
-        field = init_std * torch.randn(weight_shape, generator=generator, dtype=torch.float64)
+        self._init_marginals(weight_shape, generator, dict(dtype=dtype, device=device))
+        self.prior = prior
+        self.register_buffer("prior_field", torch.zeros_like(self.field) if prior == "field" else None)
+
+    def _init_marginals(self, weight_shape: tuple[int, ...], generator: torch.Generator | None,
+                        factory: dict) -> None:
+        """Registers the weight buffers at their initial values (docs §5.1): H ~ ϵ·N(0, 1),
+        mask ~ Bernoulli(density), m = tanh(H)·mask."""
+        field = self.init_std * torch.randn(weight_shape, generator=generator, dtype=torch.float64)
         mask = None
-        if density is not None:
-            mask = (torch.rand(weight_shape, generator=generator, dtype=torch.float64) < density).double()
+        if self.density is not None:
+            mask = (torch.rand(weight_shape, generator=generator, dtype=torch.float64) < self.density).double()
         mag = torch.tanh(field) * (1.0 if mask is None else mask)
-        factory = dict(dtype=dtype, device=device)
         self.register_buffer("field", field.to(**factory))
         self.register_buffer("mag", mag.to(**factory))
         self.register_buffer("mask", None if mask is None else mask.to(**factory))
-        self.prior = prior
-        self.register_buffer("prior_field", torch.zeros_like(self.field) if prior == "field" else None)
 
     # ---- marginals and prior -------------------------------------------------------------
 

@@ -223,3 +223,64 @@ def bp_weight_var(mag: Tensor, mask: Tensor | None = None) -> Tensor:
     operator above derives from (mag, mask), bit for bit. mag of any shape ([K, N], or a conv
     layer's [K, C, kh, kw]); mask of the same shape, or None (σ = 1 − m²). Returns σ, mag's shape."""
     return _ops.bp_weight_var.default(mag, mask)
+
+
+# ---- Gaussian (continuous) weight family (docs/algorithms.md §4.7) ------------------------------
+# Each weight has a Gaussian marginal: mean ``mag`` (m) and precision ``precision`` (Ω), variance
+# σ = 1/Ω, all [K, N]; the natural parameters are (H, Ω) with H = Ω·m at equilibrium. No mask.
+
+
+def gauss_linear_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, precision: Tensor):
+    r"""Preactivation moments and upward field through Gaussian weights (docs/algorithms.md §4.7):
+
+    .. math::
+        \omega = \hat x\, m^\top,\quad V = \hat x^{2}\sigma^\top + \Delta\,(m^2+\sigma)^\top + \varepsilon,
+        \quad u = U(\omega, \sqrt V),\quad \sigma = 1/\Omega
+
+    Args:
+        x_hat: [B, N] input means.  delta: [B, N] input variances, None for the first layer.
+        mag: [K, N] weight means m.  precision: [K, N] weight precisions Ω > 0.
+    Returns:
+        (omega, var, u), each [B, K].
+    """
+    return _ops.gauss_linear_fwd.default(x_hat, delta, mag, precision)
+
+
+def gauss_linear_bwd_cbpi(b_top, omega, var, x_hat, delta, mag, hard: bool = False,
+                          compute_b: bool = True):
+    r"""The fused continuous-weight BPI backward (docs/algorithms.md §4.7): b and H_in as
+    :func:`bp_linear_bwd_bpi` (cavity ĝ), and the precision message
+
+    .. math::
+        \Omega_{in,ki} = \sum_a \big[(\hat x_{ai}^2 + \Delta_{ai})\,\Gamma_{ak} - \Delta_{ai}\, g_{ak}^2\big]
+
+    with the non-cavity g and Γ = −∂g/∂ω (non-finite Γ set to 0). ĝ is evaluated in registers,
+    no K×N×B tensor exists, and the reductions are deterministic.
+
+    Args:
+        b_top, omega, var: [B, K].  x_hat: [B, N].  delta: [B, N], None for the first layer.
+        mag: [K, N] weight means.  hard: b_top holds labels ±1.  compute_b: False for the first
+        layer (b is [B, 0]).
+    Returns:
+        (b [B, N], h_in [K, N], omega_in [K, N]).
+    """
+    return _ops.gauss_linear_bwd_cbpi.default(b_top, omega, var, x_hat, delta, mag, hard, compute_b)
+
+
+def gauss_field_update_(field, precision, mag, h_in, omega_in, field_prior=None,
+                        precision_prior=None, rho: float = 1.0, r: float = 0.0,
+                        psi: float = 0.8) -> Tensor:
+    r"""In-place field / precision / damping update of Gaussian weights (docs/algorithms.md §4.7):
+
+    .. math::
+        \Omega \leftarrow \max(10^{-6}, \Omega_{in} + r\Omega + \rho\,\Omega^{prior}),\quad
+        H \leftarrow H_{in} + rH + \rho H^{prior},\quad m \leftarrow \psi m + (1-\psi) H/\Omega
+
+    field, precision, mag [K, N] are updated in place (contiguous); h_in, omega_in [K, N]; the
+    priors [K, N] both given (a fixed prior) or both None (the current (H, Ω): the PasP prior).
+
+    Returns:
+        :math:`\delta = \mathrm{mean}\,|m_{new} - m_{old}|` as a 0-dim tensor.
+    """
+    return _ops.gauss_field_update_.default(field, precision, mag, h_in, omega_in, field_prior,
+                                            precision_prior, rho, r, psi)

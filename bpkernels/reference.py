@@ -242,3 +242,41 @@ def bp_bayes_fwd(x_hat, delta, mag, mask):
     omega, var = _moments(x_hat, delta, mag, bp_weight_var(mag, mask))
     x_out = torch.erf(omega / (2.0 * var).sqrt())
     return x_out, 1.0 - x_out.square()
+
+
+# ---- Gaussian (continuous) weight family (docs/algorithms.md §4.7) ------------------------------
+
+MIN_PRECISION = 1e-6
+
+
+def gauss_linear_fwd(x_hat: Tensor, delta: Tensor | None, mag: Tensor, precision: Tensor):
+    """Spec for ``bpkernels::gauss_linear_fwd``: ω, V, u as bp_linear_fwd with σ = 1/Ω."""
+    omega, var = _moments(x_hat, delta, mag, 1.0 / precision)
+    return omega, var, upfield(omega, var.sqrt())
+
+
+def gauss_linear_bwd_cbpi(b_top, omega, var, x_hat, delta, mag, hard: bool, compute_b: bool):
+    """Spec for ``bpkernels::gauss_linear_bwd_cbpi``: b, H_in of BPI and
+    Ω_in[k,i] = Σ_a [(x̂² + Δ)[a,i] Γ[a,k] − Δ[a,i] g[a,k]²], Γ non-finite -> 0."""
+    b, h_in = bp_linear_bwd_bpi(b_top, omega, var, x_hat, mag, hard, compute_b)
+    g, gamma = bp_output(b_top, omega, var, hard)
+    gamma = torch.where(torch.isfinite(gamma), gamma, torch.zeros_like(gamma))
+    d = torch.zeros_like(x_hat) if delta is None else delta
+    omega_in = gamma.T @ (x_hat.square() + d) - g.square().T @ d
+    return b, h_in, omega_in
+
+
+def gauss_field_update_(field, precision, mag, h_in, omega_in, field_prior, precision_prior,
+                        rho: float, r: float, psi: float) -> Tensor:
+    """Spec for ``bpkernels::gauss_field_update_``: Ω ← max(1e-6, Ω_in + rΩ + ρΩ_prior),
+    H ← H_in + rH + ρH_prior, m ← ψm + (1 − ψ)H/Ω (priors None: the current H, Ω)."""
+    h_prior = field if field_prior is None else field_prior
+    p_prior = precision if precision_prior is None else precision_prior
+    new_precision = (omega_in + r * precision + rho * p_prior).clamp(min=MIN_PRECISION)
+    new_field = h_in + r * field + rho * h_prior
+    new_mag = psi * mag + (1.0 - psi) * new_field / new_precision
+    change = (new_mag - mag).abs().mean()
+    field.copy_(new_field)
+    precision.copy_(new_precision)
+    mag.copy_(new_mag)
+    return change

@@ -25,8 +25,9 @@ from torch import Tensor, nn
 
 from .layers import BPLayer, layer_from_config
 
-# In-place reduction of the field messages of one inner iteration, one [K, N] tensor per
-# message-passing layer, bottom to top.
+# In-place reduction of the field messages of one inner iteration, one tensor per
+# message-passing layer, bottom to top: H_in [K, N] ([2, K, N] = (H_in, Ω_in) for a Gaussian
+# layer, bpkernels.gaussian).
 HInReduction = Callable[[list[Tensor]], None]
 
 

@@ -235,6 +235,45 @@ BUILDERS: dict[str, Callable[[Draw, Variant], list]] = {
 }
 
 
+# ---- Gaussian (continuous) weight family ---------------------------------------------------
+
+def _gauss_weights(d: Draw) -> tuple[Tensor, Tensor, Tensor]:
+    """(H, Ω, m) [K, N] of Gaussian weights, m = H/Ω: means of either sign (|m| up to 50 when
+    saturated) and precisions e^U(−2, 4) (e^U(−13.8, 13.8), down to 1e-6, when saturated)."""
+    lim = 13.8 if d.sat else None
+    precision = torch.exp(d.uniform(d.K, d.N, lo=-lim, hi=lim) if lim else d.uniform(d.K, d.N, lo=-2.0, hi=4.0))
+    mag = d.uniform(d.K, d.N, lo=-50, hi=50) if d.sat else d.randn(d.K, d.N, scale=0.7)
+    return mag * precision, precision, mag
+
+
+def _gauss_fwd(d: Draw, v: Variant) -> list:
+    x_hat, delta = d.inputs(v.first)
+    _, precision, mag = _gauss_weights(d)
+    return [x_hat, delta, mag, precision]
+
+
+def _gauss_bwd(d: Draw, v: Variant) -> list:
+    x_hat, delta = d.inputs(v.first)
+    _, _, mag = _gauss_weights(d)
+    omega, var = d.preact()
+    return [d.b_top(v.hard), omega, var, x_hat, delta, mag, v.hard, not v.first]
+
+
+def _gauss_update(d: Draw, v: Variant) -> list:
+    H, precision, mag = _gauss_weights(d)
+    # Ω_in of either sign, so that the clamp Ω ≥ 1e-6 is exercised.
+    h_in, omega_in = d.randn(d.K, d.N, scale=3.0), d.randn(d.K, d.N, scale=3.0)
+    priors = list(_gauss_weights(d)[:2]) if v.extra else [None, None]
+    return [H, precision, mag, h_in, omega_in, *priors, 0.9, 0.1 if v.extra else 0.0, 0.8]
+
+
+BUILDERS.update({
+    "gauss_linear_fwd": _gauss_fwd,
+    "gauss_linear_bwd_cbpi": _gauss_bwd,
+    "gauss_field_update_": _gauss_update,
+})
+
+
 def build_args(op: str, shape: tuple[int, int, int], seed: int = 0, *, saturated: bool = False,
                hard: bool = False, first: bool = False, masked: bool = False, extra: bool = True,
                damp_field: bool | None = None, device="cpu") -> list:

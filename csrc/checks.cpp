@@ -230,4 +230,43 @@ void check_xnor_im2col(const at::Tensor& z, at::IntArrayRef kernel_size, at::Int
               " kernel does not fit the padded ", H, "×", Wd, " input with ", C, " channels");
 }
 
+// ---- Gaussian (continuous) weight family -----------------------------------------------------
+
+LayerDims check_gauss_linear_fwd(const at::Tensor& x_hat, const std::optional<at::Tensor>& delta,
+                                 const at::Tensor& mag, const at::Tensor& precision) {
+  ArgChecker check("gauss_linear_fwd", x_hat, "x_hat");
+  const LayerDims d = check_layer(check, x_hat, delta, mag, std::nullopt);
+  check(precision, "precision", {d.K, d.N}, "[K, N]");
+  return d;
+}
+
+LayerDims check_gauss_linear_bwd_cbpi(const at::Tensor& b_top, const at::Tensor& omega,
+                                      const at::Tensor& var, const at::Tensor& x_hat,
+                                      const std::optional<at::Tensor>& delta,
+                                      const at::Tensor& mag) {
+  ArgChecker check("gauss_linear_bwd_cbpi", x_hat, "x_hat");
+  const LayerDims d = check_layer(check, x_hat, delta, mag, std::nullopt);
+  check_unit_messages(check, b_top, omega, var, d);
+  return d;
+}
+
+void check_gauss_field_update(const at::Tensor& field, const at::Tensor& precision,
+                              const at::Tensor& mag, const at::Tensor& h_in,
+                              const at::Tensor& omega_in,
+                              const std::optional<at::Tensor>& field_prior,
+                              const std::optional<at::Tensor>& precision_prior) {
+  ArgChecker check("gauss_field_update_", field, "field");
+  check.inplace(field, "field", {kAny, kAny}, "[K, N]");
+  const int64_t K = field.size(0), N = field.size(1);
+  check.inplace(precision, "precision", {K, N}, "[K, N]");
+  check.inplace(mag, "mag", {K, N}, "[K, N]");
+  check(h_in, "h_in", {K, N}, "[K, N]");
+  check(omega_in, "omega_in", {K, N}, "[K, N]");
+  TORCH_CHECK(field_prior.has_value() == precision_prior.has_value(),
+              "gauss_field_update_: field_prior and precision_prior must be given together "
+              "(a fixed prior (H, Ω)) or both be None (PasP: the prior is the current (H, Ω))");
+  if (field_prior) check(*field_prior, "field_prior", {K, N}, "[K, N]");
+  if (precision_prior) check(*precision_prior, "precision_prior", {K, N}, "[K, N]");
+}
+
 }  // namespace bpk

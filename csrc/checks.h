@@ -125,4 +125,19 @@ void check_xnor_gemm(const at::Tensor& x, const at::Tensor& w,
 void check_xnor_im2col(const at::Tensor& z, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                        at::IntArrayRef padding);
 
+// ---- Gaussian (continuous) weight family (docs/algorithms.md §4.7) ---------------------------
+// Weights: mean mag and precision Ω [K, N] (σ = 1/Ω), no mask.
+
+LayerDims check_gauss_linear_fwd(const at::Tensor& x_hat, const std::optional<at::Tensor>& delta,
+                                 const at::Tensor& mag, const at::Tensor& precision);
+LayerDims check_gauss_linear_bwd_cbpi(const at::Tensor& b_top, const at::Tensor& omega,
+                                      const at::Tensor& var, const at::Tensor& x_hat,
+                                      const std::optional<at::Tensor>& delta,
+                                      const at::Tensor& mag);
+void check_gauss_field_update(const at::Tensor& field, const at::Tensor& precision,
+                              const at::Tensor& mag, const at::Tensor& h_in,
+                              const at::Tensor& omega_in,
+                              const std::optional<at::Tensor>& field_prior,
+                              const std::optional<at::Tensor>& precision_prior);
+
 }  // namespace bpk

@@ -134,3 +134,27 @@ TORCH_LIBRARY_IMPL(bpkernels, CompositeExplicitAutograd, m) {
   m.impl("bp_linear_bwd_amp", &bpk::linear_bwd_amp);
   m.impl("bp_bayes_fwd", &bpk::bayes_fwd);
 }
+
+// ---- Gaussian (continuous) weight family (docs/algorithms.md §4.7) ---------------------------
+
+namespace bpk {
+namespace {
+
+// ω = x̂ mᵀ,  V = x̂² σᵀ + Δ (m² + σ)ᵀ + ε,  u = U(ω, √V),  σ = 1/Ω (Gaussian weights).
+//   x_hat [B, N], delta [B, N] or None (Δ = 0), mag [K, N], precision [K, N] -> 3 × [B, K].
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gauss_linear_fwd(const at::Tensor& x_hat,
+                                                                const OptTensor& delta,
+                                                                const at::Tensor& mag,
+                                                                const at::Tensor& precision) {
+  check_gauss_linear_fwd(x_hat, delta, mag, precision);
+  auto [omega, var] = moments(x_hat, delta, mag, at::reciprocal(precision));
+  at::Tensor u = upfield(omega, var);
+  return {omega, var, u};
+}
+
+}  // namespace
+}  // namespace bpk
+
+TORCH_LIBRARY_IMPL(bpkernels, CompositeExplicitAutograd, m) {
+  m.impl("gauss_linear_fwd", &bpk::gauss_linear_fwd);
+}

@@ -68,6 +68,24 @@ TORCH_LIBRARY(bpkernels, m) {
   // Weight variance σ = (1 − m²)·mask, element-wise (mag of any shape; mask = None: 1 − m²).
   m.def("bp_weight_var(Tensor mag, Tensor? mask) -> Tensor sigma");
 
+  // ---- Gaussian (continuous) weights, continuous-weight BPI (docs/algorithms.md §4.7) ----
+  // Each weight has mean mag and precision Ω (variance σ = 1/Ω); no mask.
+  // ω = x̂ mᵀ,  V = x̂² σᵀ + Δ (m² + σ)ᵀ + ε,  u = U(ω, √V)  (delta = None: first layer).
+  m.def(
+      "gauss_linear_fwd(Tensor x_hat, Tensor? delta, Tensor mag, Tensor precision) "
+      "-> (Tensor omega, Tensor var, Tensor u)");
+  // Fused cavity backward: b and H_in as bp_linear_bwd_bpi, and the precision message
+  // Ω_in[k,i] = Σ_a [(x̂² + Δ)[a,i] Γ[a,k] − Δ[a,i] g[a,k]²] (g, Γ non-cavity; Γ non-finite -> 0).
+  m.def(
+      "gauss_linear_bwd_cbpi(Tensor b_top, Tensor omega, Tensor var, Tensor x_hat, Tensor? delta, "
+      "Tensor mag, bool hard, bool compute_b) -> (Tensor b, Tensor h_in, Tensor omega_in)");
+  // In place: Ω ← max(1e-6, Ω_in + rΩ + ρΩ_prior), H ← H_in + rH + ρH_prior,
+  // m ← ψm + (1 − ψ)H/Ω (priors None: the current (H, Ω), PasP); returns δ = mean |Δm|.
+  m.def(
+      "gauss_field_update_(Tensor(a!) field, Tensor(b!) precision, Tensor(c!) mag, Tensor h_in, "
+      "Tensor omega_in, Tensor? field_prior, Tensor? precision_prior, float rho, float r, "
+      "float psi) -> Tensor");
+
   // ---- packed (XNOR-popcount) inference; bit conventions in bpkernels/xnor.h ----
   // Sign bits (x = +1 <=> z + 1e-10 > 0, z >= 0 for int32 z) of z [B, H, W, C] gathered per
   // output position: bits [B·OH·OW, ⌈kh·kw·C/64⌉] int64, tap (i, j) channel c at bit

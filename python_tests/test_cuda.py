@@ -58,6 +58,8 @@ def reduction_lengths(op, shape):
         "bp_linear_bwd_mf": (K, B), "bp_linear_bwd_amp": (K, B), "bp_linear_bwd_bpi": (K, B),
         "bp_linear_bwd_bp": (K, B), "bp_linear_omega_bp": (N,), "bp_argmax_output": (K,),
         "bp_field_update_": (K * N, 1, 1, 1),
+        "gauss_linear_fwd": (N, N, N), "gauss_linear_bwd_cbpi": (K, B, B),
+        "gauss_field_update_": (K * N, 1, 1, 1),
     }.get(op, (1, 1, 1, 1))
 
 
@@ -108,6 +110,12 @@ def f64_slack(op, args, outputs):
         g = outputs[0]
         omega, var = args[1], args[2]
         slack[1] = 64 * torch.finfo(F64).eps * g.abs() * (omega.abs() / var + g.abs())
+    if op == "gauss_linear_bwd_cbpi":  # Ω_in sums Γ (as bp_output) and Δ g² terms
+        b_top, omega, var, x_hat, delta = args[:5]
+        g, _ = reference.bp_output(b_top, omega, var, args[6])
+        d = torch.zeros_like(x_hat) if delta is None else delta
+        scale = (g.abs() * (omega.abs() / var + g.abs())).T @ (x_hat.square() + d) + g.square().T @ d
+        slack[2] = 64 * torch.finfo(F64).eps * scale
     return slack
 
 

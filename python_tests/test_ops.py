@@ -69,6 +69,15 @@ def rounding_slack(op, args, ref64, eps):
     if op == "bp_field_update_":
         mag_old, mag_new = args[1], ref64[2]
         slack[0] = 8 * eps * (mag_old.abs() + mag_new.abs()).mean()
+    if op == "gauss_linear_bwd_cbpi":  # Ω_in sums Γ (as bp_output) and Δ g² terms
+        b_top, omega, var, x_hat, delta = args[:5]
+        g, _ = reference.bp_output(b_top, omega, var, args[6])
+        gamma_scale = g.abs() * (omega.abs() / var + g.abs())
+        d = torch.zeros_like(x_hat) if delta is None else delta
+        slack[2] = 8 * eps * (gamma_scale.T @ (x_hat.square() + d) + g.square().T @ d)
+    if op == "gauss_field_update_":
+        mag_old, mag_new = args[2], ref64[3]
+        slack[0] = 8 * eps * (mag_old.abs() + mag_new.abs()).mean()
     return slack
 
 
@@ -310,7 +319,7 @@ def test_opcheck(device, op, first):
 REFERENCE_ARG = {
     "bp_linear_input": "u", "bp_upfield": "omega", "bp_output": "omega", "bp_argmax_output": "omega",
     "bp_linear_omega_bp": "x_in", "bp_linear_bwd_bp": "x_in", "bp_cavity_update_": "x_in",
-    "bp_field_update_": "field", "bp_weight_var": "mag",
+    "bp_field_update_": "field", "bp_weight_var": "mag", "gauss_field_update_": "field",
 }
 
 

@@ -32,6 +32,9 @@ class STETrainer(BaselineTrainer):
         per layer (Xavier).  clip: H, clip w to [−H, H] after each step (None: off).
     optimizer: "adam" (betas, eps) or "sgd" (plain SGD) on the latent weights.
     meta: metaplasticity m (0: off; see ``_metaplastic``).
+    binary_weights: True (BinaryNet, W = sign(w)); False trains a float-weight network with
+        sign activations (W = w in training and evaluation, same optimiser, clip and BN), the
+        real-weight reference of the continuous-weight message passing (docs §4.7).
     Plus the network and evaluation options of ``COMMON_DEFAULTS``.
     Preset ``binarynet-mnist``: the paper's MNIST recipe (squared hinge, dropout 0.2/0.5,
     3e-3 → 3e-7); the paper's batch 100, [−1, 1] inputs and 4096-unit layers are harness
@@ -44,7 +47,7 @@ class STETrainer(BaselineTrainer):
     method = "ste"
     DEFAULTS = {**COMMON_DEFAULTS, "lr": 3e-4, "lr_end": 3e-6, "schedule": "geometric",
                 "glorot": True, "init": 1.0, "clip": 1.0, "betas": (0.9, 0.999), "eps": 1e-8,
-                "meta": 0.0, "optimizer": "adam"}
+                "meta": 0.0, "optimizer": "adam", "binary_weights": True}
     PRESETS = {"binarynet-mnist": dict(loss="sqhinge", dropout_in=0.2, dropout_hidden=0.5,
                                        lr=3e-3, lr_end=3e-7),
                # Laborieux et al. (2021), permuted-MNIST runs: metaplasticity m = 1.35, no clip
@@ -91,8 +94,17 @@ class STETrainer(BaselineTrainer):
                 for f in self.model.fields]
 
     def train_weights(self) -> list[Tensor]:
-        """Weights of a training forward pass, W = sign(w) with identity backward."""
+        """Weights of a training forward pass, W = sign(w) with identity backward (W = w
+        when ``binary_weights`` is False)."""
+        if not self.opt["binary_weights"]:
+            return list(self.model.fields)
         return [WeightSTE.apply(f, None) for f in self.model.fields]
+
+    def eval_weights(self) -> list[Tensor]:
+        """The point-wise evaluation weights: ±1 (BinaryNet) or the float weights w."""
+        if not self.opt["binary_weights"]:
+            return [f.detach() for f in self.model.fields]
+        return super().eval_weights()
 
     def objective(self, z: Tensor, y: Tensor) -> Tensor:
         """The minimised mini-batch objective given logits z [B, n_L] and labels y [B]."""
