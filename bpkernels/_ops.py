@@ -239,18 +239,37 @@ def _(mag, mask):
 
 @torch.library.register_fake(_lib + "gauss_linear_fwd")
 def _(x_hat, delta, mag, precision):
-    torch._check(x_hat.shape[1] == mag.shape[1])
-    out = x_hat.new_empty(x_hat.shape[0], mag.shape[0])
+    check = _Check("gauss_linear_fwd", x_hat, "x_hat")
+    B, N, K = _layer(check, x_hat, delta, mag, None)
+    check(precision, "precision", (K, N), "[K, N]")
+    out = x_hat.new_empty(B, K)
     return out, torch.empty_like(out), torch.empty_like(out)
 
 
 @torch.library.register_fake(_lib + "gauss_linear_bwd_cbpi")
 def _(b_top, omega, var, x_hat, delta, mag, hard, compute_b):
+    check = _Check("gauss_linear_bwd_cbpi", x_hat, "x_hat")
+    B, _, K = _layer(check, x_hat, delta, mag, None)
+    _unit_messages(check, b_top, omega, var, B, K)
     return _b_out(x_hat, compute_b), x_hat.new_empty(mag.shape), x_hat.new_empty(mag.shape)
 
 
 @torch.library.register_fake(_lib + "gauss_field_update_")
 def _(field, precision, mag, h_in, omega_in, field_prior, precision_prior, rho, r, psi):
+    check = _Check("gauss_field_update_", field, "field")
+    check.inplace(field, "field", (_ANY, _ANY), "[K, N]")
+    K, N = field.shape
+    check.inplace(precision, "precision", (K, N), "[K, N]")
+    check.inplace(mag, "mag", (K, N), "[K, N]")
+    check(h_in, "h_in", (K, N), "[K, N]")
+    check(omega_in, "omega_in", (K, N), "[K, N]")
+    torch._check((field_prior is None) == (precision_prior is None),
+                 lambda: "gauss_field_update_: field_prior and precision_prior must be given "
+                 "together (a fixed prior (H, Ω)) or both be None (PasP: the prior is the current "
+                 "(H, Ω))")
+    for t, name in ((field_prior, "field_prior"), (precision_prior, "precision_prior")):
+        if t is not None:
+            check(t, name, (K, N), "[K, N]")
     return field.new_empty(())
 
 

@@ -78,7 +78,9 @@ def _draw(op: str, args: list, first: bool, hard: bool, x: _Extreme) -> list:
         if not (isinstance(a, torch.Tensor) and a.is_floating_point()):
             continue
         shape = a.shape
-        if name in ("field", "h_in", "field_prior", "b_cav", "b", "u"):
+        if name in ("precision", "precision_prior"):  # Gaussian weights: Ω > 0
+            out[i] = x.mag(shape, 1e-6, 1e6, signed=False)
+        elif name in ("field", "h_in", "field_prior", "b_cav", "b", "u", "omega_in"):
             out[i] = x.mag(shape, 1e-4, 1e4)
         elif name in ("mag", "mag_cav", "mag_old"):
             out[i] = x.weights(shape)
