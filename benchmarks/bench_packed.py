@@ -231,7 +231,7 @@ def check_fashion(packed_nets, models):
 
 
 def write_markdown(meta, rows, path):
-    lines = [f"# Packed (XNOR-popcount) inference on the CPU\n",
+    lines = ["# Packed (XNOR-popcount) inference on the CPU\n",
              f"{meta['cpu']}, {meta['threads']} thread(s), ISA `{meta['isa']}`, torch "
              f"{meta['torch']}, commit `{meta['commit']}`, {meta['date']}. Load average (1 min) "
              f"before / after: {meta['load_before']:.2f} / {meta['load_after']:.2f} on "

@@ -33,7 +33,7 @@ from torch import Tensor
 
 from . import ops
 from .algorithms import BatchState, GaussianWeights
-from .layers import PSI_DEFAULT, BPLayer, BPLinear, _matrix, check_size, register_layer
+from .layers import PSI_DEFAULT, BPLayer, BPLinear, check_size, register_layer
 
 MIN_PRECISION = 1e-6  # Ω is clamped below at this value after every update (docs §4.7)
 

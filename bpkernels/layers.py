@@ -368,8 +368,3 @@ class BPLinear(BPLayer):
     def bayes(self, x_hat: Tensor, delta: Tensor | None) -> tuple[Tensor, Tensor]:
         """[B, N] -> [B, K]: x̂' = erf(ω/√(2V)), Δ' = 1 − x̂'²."""
         return ops.bp_bayes_fwd(x_hat, delta, self.mag, self.mask)
-
-
-def fan_in(layer: BPLayer) -> int:
-    """N, the number of inputs of each unit."""
-    return math.prod(layer.field.shape[1:])

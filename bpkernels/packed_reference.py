@@ -34,7 +34,7 @@ def sign_bits(z: Tensor) -> Tensor:
 
 def xnor_im2col(z: Tensor, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0)):
     """Spec for ``bpkernels::xnor_im2col``: z [B, H, W, C] -> (bits [B·P, W], valid [P, W])."""
-    batch, channels = z.shape[0], z.shape[3]
+    channels = z.shape[3]
     (kh, kw) = kernel_size
     signs = sign_bits(z).permute(0, 3, 1, 2).double()  # [B, C, H, W]
     ones = torch.ones_like(signs[:1])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from bpkernels import BPConv2d, BPLinear, BPSequential, build_arch, data, ops
+from bpkernels import BPConv2d, BPLinear, BPSequential, build_arch, data
 from bpkernels.train import fit, load_model
 
 from conv_twin import TwinBPConv2d

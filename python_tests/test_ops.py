@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import pytest
 import torch
-from helpers import F32, F64, TOL, assert_close, assert_equal, assert_error_budget, assert_finite, generator
+from helpers import F32, F64, TOL, assert_close, assert_equal, assert_error_budget, assert_finite
 
 from bpkernels import ops, reference, testing
 

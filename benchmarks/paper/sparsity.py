@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from paper_common import (Clock, budget_note, curve, fmt, keep_log, load, mean_std, parser,
+from paper_common import (Clock, budget_note, fmt, keep_log, load, mean_std, parser,
                           pyplot, run_baseline, run_message_passing, setup, write_table)
 
 from bpkernels import mlp
