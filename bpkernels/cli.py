@@ -249,12 +249,13 @@ def cmd_compare(args) -> int:
 def continual_trainer(method: str, args, data, n_train: int, device):
     """The trainer of one continual-learning method: message passing ("amp": the paper's
     setting ρ = 1, ψ = 0.8 on every layer including the output; "amp-default": the library's
-    defaults; --rho overrides either), or a gradient baseline ("ste", "bayesbinn", "st", "meta": STE with the
-    metaplastic preset)."""
+    defaults; "amp-anchored": the defaults, with the posterior of the earlier tasks as the
+    fixed anchor of the prior of the --anchor layers; --rho overrides any of them), or a
+    gradient baseline ("ste", "bayesbinn", "st", "meta": STE with the metaplastic preset)."""
     from .train import MessagePassingTrainer
 
     algo, _, variant = method.partition("-")
-    if algo in ALGORITHMS and variant in ("", "default"):
+    if algo in ALGORITHMS and variant in ("", "default", "anchored"):
         sizes = [data.train_x.shape[1], *args.hidden, 1 if data.binary else data.num_classes]
         # --rho overrides both settings (one value, or one per layer)
         rho = _per_layer(args.rho, len(sizes) - 1) if args.rho else (None if variant else 1.0)
@@ -263,7 +264,8 @@ def continual_trainer(method: str, args, data, n_train: int, device):
                     dtype=getattr(torch, args.dtype), device=device,
                     weights=_weight_families("gaussian" if algo == "cbpi" else "binary",
                                              len(sizes) - 1, data.binary))
-        return MessagePassingTrainer(model, tau_max=args.tau_max, eval_bayes=False, method=method)
+        return MessagePassingTrainer(model, tau_max=args.tau_max, eval_bayes=False, method=method,
+                                     anchor=args.anchor if variant == "anchored" else "none")
     from .baselines import make_trainer
 
     base, preset = ("ste", "metaplastic") if method == "meta" else (method, None)
@@ -389,10 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
                                          "per method, average final accuracy, backward transfer")
     add_common_options(p)
     add_mp_options(p)
-    p.add_argument("--methods", default="amp,amp-default,ste,bayesbinn,meta",
+    p.add_argument("--methods", default="amp-anchored,amp,amp-default,ste,bayesbinn,meta",
                    help="comma-separated: bp|bpi|amp|mf (paper setting ρ = 1 on every layer), "
-                        "<algo>-default (library defaults), ste, bayesbinn, st, meta "
-                        "(metaplastic STE)")
+                        "<algo>-default (library defaults), <algo>-anchored (defaults, the "
+                        "earlier tasks' posterior anchors the prior of the --anchor layers), "
+                        "ste, bayesbinn, st, meta (metaplastic STE)")
+    p.add_argument("--anchor", default="output", choices=["output", "all"],
+                   help="the layers an <algo>-anchored method anchors at each task boundary")
     p.add_argument("--tasks", type=int, default=6, help="number of tasks (task 1 unpermuted)")
     p.add_argument("--epochs-per-task", type=int, default=40)
     p.add_argument("--out", default=None, help="output folder (default runs/continual-<time>)")

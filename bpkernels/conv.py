@@ -83,7 +83,7 @@ class BPConv2d(BPLayer):
         input_size: (H, W) of the input images, optional. It lets BPSequential check every
             layer shape when the network is built and, on a first layer, accept flat inputs
             [B, C·H·W] (as the datasets hold them).
-        prior: "pasp" (default), "field" or "none" (see :meth:`BPLayer.set_prior`).
+        prior: "pasp" (default), "anchored", "field" or "none" (see :meth:`BPLayer.set_prior`).
     """
 
     # MF and AMP run on ATen convolutions (faster than im2col, see the module docstring).

@@ -51,8 +51,8 @@ class GaussianBPLinear(BPLayer):
             the mean (0.8).  r: internal reinforcement (0).  init_std: ϵ > 0, the initial
             weight std is ϵ/√N.
         generator: torch.Generator for the initial fields.
-        prior: "pasp" (default), "field" (a fixed pair (H, Ω), set with :meth:`set_prior`) or
-            "none".
+        prior: "pasp" (default), "anchored", "field" (a fixed pair (H, Ω)) or "none"; see
+            :meth:`set_prior`.
     """
 
     family = "gaussian"
@@ -74,8 +74,6 @@ class GaussianBPLinear(BPLayer):
         super().__init__((out_features, in_features), algo, output, rho, psi, r, init_std, None,
                          generator, dtype, device, prior)
         self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("prior_precision",
-                             torch.zeros_like(self.precision) if prior == "field" else None)
 
     def _init_marginals(self, weight_shape, generator, factory):
         # Ω = N/ϵ², H = (√N/ϵ)·N(0, 1): m = H/Ω ~ N(0, ϵ²/N), σ = ϵ²/N (docs §4.7).
@@ -125,7 +123,8 @@ class GaussianBPLinear(BPLayer):
 
     def set_prior(self, prior) -> None:
         """The prior (H_prior, Ω_prior) of the updates: "pasp" (the current (H, Ω) at the start
-        of each mini-batch, weighted by ρ), a pair of tensors (field, precision) of the weights'
+        of each mini-batch, weighted by ρ), "anchored" (A + ρ·((H, Ω) − A) with the anchor pair
+        A = the current (H, Ω), held fixed), a pair of tensors (field, precision) of the weights'
         shape (a fixed prior, weight 1), or None (no prior)."""
         if isinstance(prior, (tuple, list)):
             if len(prior) != 2 or not all(isinstance(t, Tensor) for t in prior):
@@ -138,11 +137,21 @@ class GaussianBPLinear(BPLayer):
             self.prior = "field"
             self.prior_field = field.detach().to(self.field).clone()
             self.prior_precision = precision.detach().to(self.field).clone()
+        elif isinstance(prior, str) and prior == "anchored":
+            self.prior = "anchored"
+            self.prior_field = self.field.detach().clone()
+            self.prior_precision = self.precision.detach().clone()
         elif prior in ("pasp", None):
             self.prior = "pasp" if prior else "none"
             self.prior_field = self.prior_precision = None
         else:
-            raise ValueError(f"prior must be 'pasp', a pair (field, precision) or None, got {prior!r}")
+            raise ValueError(f"prior must be 'pasp', 'anchored', a pair (field, precision) or None, "
+                             f"got {prior!r}")
+
+    def use_prior_kind(self, kind: str) -> None:
+        super().use_prior_kind(kind)
+        self.register_buffer("prior_precision", None if self.prior_field is None
+                             else torch.zeros_like(self.precision))
 
     def weights(self) -> GaussianWeights:
         return GaussianWeights(self.field, self.mag, None, self.psi, self.precision)
@@ -164,6 +173,11 @@ class GaussianBPLinear(BPLayer):
             return BatchState(tau_max, 0.0, None)
         if self.prior == "field":
             return BatchState(tau_max, 1.0, self.prior_field, precision_prior=self.prior_precision)
+        if self.prior == "anchored":
+            # (H_prior, Ω_prior) = A + ρ·((H, Ω) − A) at the start of the batch, A the anchor pair
+            return BatchState(tau_max, 1.0, torch.lerp(self.prior_field, self.field, self.rho),
+                              precision_prior=torch.lerp(self.prior_precision, self.precision,
+                                                         self.rho))
         # PasP (H_prior, Ω_prior) = (H, Ω) at the start of the batch: the kernel reads them
         # itself on the first inner iteration; later iterations need copies.
         if tau_max > 1:

@@ -8,6 +8,9 @@ state; :meth:`BPLayer.set_prior` chooses the prior θ of the field update (docs 
 
 * ``"pasp"`` (default): posterior-as-prior, θ = ρ·H with H the field at the start of each
   mini-batch;
+* ``"anchored"``: posterior-as-prior tempered toward a fixed anchor field A instead of toward
+  0, θ = A + ρ·(H − A); ``set_prior("anchored")`` takes A = the current posterior H (continual
+  learning: the posterior of the tasks so far stays the prior of the new one, docs §6.1);
 * a tensor F of the weights' shape: a fixed external field, θ = F (e.g. the posterior of an
   earlier task);
 * ``None``: no prior, θ = 0.
@@ -32,7 +35,7 @@ from . import ops
 from .algorithms import BatchState, Weights, lookup
 
 OUTPUTS = (None, "sign", "argmax")
-PRIORS = ("pasp", "field", "none")
+PRIORS = ("pasp", "anchored", "field", "none")
 
 # Paper defaults (docs §5.2): ρ = 1.0001 on hidden layers and 0.9 on the output layer, ψ = 0.8.
 RHO_HIDDEN = 1.0001
@@ -126,8 +129,8 @@ class BPLayer(nn.Module):
             "density", density, 0.0, 1.0, "(0, 1]", include_low=False)
 
         self._init_marginals(weight_shape, generator, dict(dtype=dtype, device=device))
-        self.prior = prior
-        self.register_buffer("prior_field", torch.zeros_like(self.field) if prior == "field" else None)
+        self.register_buffer("prior_field", None)
+        self.use_prior_kind(prior)
 
     def _init_marginals(self, weight_shape: tuple[int, ...], generator: torch.Generator | None,
                         factory: dict) -> None:
@@ -162,7 +165,8 @@ class BPLayer(nn.Module):
         self.mag.copy_(mag if self.mask is None else mag.to(self.mag) * self.mask)
 
     def set_prior(self, prior: str | Tensor | None) -> None:
-        """The prior θ of the field update: "pasp" (θ = ρ·H, the default), a tensor of the
+        """The prior θ of the field update: "pasp" (θ = ρ·H, the default), "anchored"
+        (θ = A + ρ·(H − A) with the anchor A = the current H, held fixed), a tensor of the
         weights' shape (a fixed external field θ = F), or None (θ = 0)."""
         if isinstance(prior, Tensor):
             if prior.shape != self.field.shape:
@@ -170,11 +174,20 @@ class BPLayer(nn.Module):
                                  f"{list(prior.shape)}")
             self.prior = "field"
             self.prior_field = prior.detach().to(self.field).clone()
+        elif prior == "anchored":
+            self.prior = "anchored"
+            self.prior_field = self.field.detach().clone()
         elif prior in ("pasp", None):
             self.prior = "pasp" if prior else "none"
             self.prior_field = None
         else:
-            raise ValueError(f"prior must be 'pasp', a field tensor or None, got {prior!r}")
+            raise ValueError(f"prior must be 'pasp', 'anchored', a field tensor or None, got {prior!r}")
+
+    def use_prior_kind(self, kind: str) -> None:
+        """Sets the kind of prior with zero placeholder buffers (the fixed field F or the
+        anchor A), for a state that holds them to be loaded into."""
+        self.prior = kind
+        self.prior_field = torch.zeros_like(self.field) if kind in ("field", "anchored") else None
 
     def weights(self) -> Weights:
         """The [K, N] matrix views the algorithms work on."""
@@ -242,6 +255,9 @@ class BPLayer(nn.Module):
             return BatchState(tau_max, 0.0, None)
         if self.prior == "field":
             return BatchState(tau_max, 1.0, _matrix(self.prior_field))
+        if self.prior == "anchored":
+            # θ = A + ρ·(H − A) with H at the start of the batch, A the anchor
+            return BatchState(tau_max, 1.0, _matrix(torch.lerp(self.prior_field, self.field, self.rho)))
         # PasP θ = ρ·H with H at the start of the batch: the kernel reads H itself on the
         # first inner iteration; later iterations need a copy.
         return BatchState(tau_max, self.rho, _matrix(self.field.clone()) if tau_max > 1 else None)
@@ -320,7 +336,8 @@ class BPLinear(BPLayer):
         r: internal reinforcement (0).  init_std: ϵ, std of the initial fields (1).
         density: keep each weight with this probability (a fixed random mask); None = dense.
         generator: torch.Generator for the initial fields and the mask.
-        prior: "pasp" (default), "field" (a fixed field, set with :meth:`set_prior`) or "none".
+        prior: "pasp" (default), "anchored", "field" (a fixed field) or "none"; see
+            :meth:`set_prior`.
     """
 
     supports_cavity_state = True

@@ -97,12 +97,21 @@ class MessagePassingTrainer:
         tau_max: inner iterations per mini-batch.  r_step: reinforcement schedule.
         pasp: the layers' priors (False: full-batch mode, θ = 0).
         eval_bayes: also compute the Bayesian errors each epoch.
+        anchor: continual learning, the layers whose posterior becomes the fixed anchor A of
+            their prior θ = A + ρ·(H − A) at every task boundary after the first: "none" (θ =
+            ρ·H carries over unchanged), "output" or "all" (docs §6.1).
     """
 
+    ANCHORS = ("none", "output", "all")
+
     def __init__(self, model: BPSequential, tau_max: int = 1, r_step: float = 0.0,
-                 pasp: bool = True, eval_bayes: bool = True, method: str | None = None):
+                 pasp: bool = True, eval_bayes: bool = True, method: str | None = None,
+                 anchor: str = "none"):
         if tau_max < 1:
             raise ValueError(f"tau_max must be >= 1, got {tau_max}")
+        if anchor not in self.ANCHORS:
+            raise ValueError(f"anchor must be one of {self.ANCHORS}, got {anchor!r}")
+        self.anchor = anchor
         self.model, self.tau_max, self.r_step, self.pasp = model, tau_max, r_step, pasp
         self.eval_bayes = eval_bayes
         self.method = method or model.bp_layers[0].algo
@@ -143,6 +152,7 @@ class MessagePassingTrainer:
         model = self.model
         return {"model_config": model.config(), "state_dict": model.state_dict(),
                 "layer_r": [layer.r for layer in model.bp_layers],
+                "layer_prior": [layer.prior for layer in model.bp_layers],
                 "reinforcement_calls": model.reinforcement_calls}
 
     def load_state_dict(self, state: dict) -> None:
@@ -150,7 +160,14 @@ class MessagePassingTrainer:
 
     def begin_task(self, task: int) -> None:
         """A new task of a sequence (continual learning): nothing is reset, so the first
-        mini-batch of the task takes θ = ρ·H with H the posterior of the previous task."""
+        mini-batch of the task takes θ = ρ·H with H the posterior of the previous task; the
+        ``anchor`` layers hold that posterior fixed as the anchor A of θ = A + ρ·(H − A) for
+        the whole task."""
+        if task == 0 or self.anchor == "none":
+            return
+        layers = self.model.bp_layers
+        for layer in layers if self.anchor == "all" else layers[-1:]:
+            layer.set_prior("anchored")
 
     def test_error(self, x: Tensor, y: Tensor) -> float:
         """Point-wise error of the network on (x, y)."""
@@ -159,6 +176,8 @@ class MessagePassingTrainer:
 
 def load_model_state(model: BPSequential, state: dict) -> None:
     """Loads a :meth:`MessagePassingTrainer.state_dict` into ``model``."""
+    for layer, kind in zip(model.bp_layers, state.get("layer_prior", ())):
+        layer.use_prior_kind(kind)  # its buffers, if any, are loaded next
     model.load_state_dict(state["state_dict"])
     for layer, r in zip(model.bp_layers, state["layer_r"]):
         layer.r = r

@@ -4,14 +4,17 @@ accuracy matrix, resumption at any epoch of any task, the baselines' task hooks
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 
 import pytest
 import torch
 
-from bpkernels import cli, continual, data, mlp
+from bpkernels import BPSequential, cli, continual, data, mlp
 from bpkernels.baselines import make_trainer
+from bpkernels.gaussian import GaussianBPLinear
+from bpkernels.layers import BPLinear
 from bpkernels.train import MessagePassingTrainer
 
 
@@ -62,6 +65,62 @@ def test_task_boundary_prior_is_the_previous_posterior():
     assert first_of_task_2[1] == [1.0, 1.0]
 
 
+@pytest.mark.parametrize("layer_type", [BPLinear, GaussianBPLinear])
+def test_anchored_prior_tempers_toward_the_fixed_anchor(layer_type):
+    """set_prior("anchored") holds the current posterior as the anchor A; every later
+    mini-batch's prior is θ = A + ρ·(H − A) (Ω likewise), with H at the start of that batch:
+    one step equals the step with that θ given as a fixed prior, bit for bit."""
+    gen = torch.Generator().manual_seed(0)
+    layer = layer_type(7, 4, rho=0.9, generator=gen, dtype=torch.float64)
+    gaussian = layer_type is GaussianBPLinear
+    model = BPSequential(layer, BPLinear(4, 1, algo="bpi", output="sign", generator=gen,
+                                         dtype=torch.float64))
+    x = torch.randn(16, 7, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 2, (16,), generator=gen).double() * 2 - 1
+    model.bp_step(x, y)
+    anchor = (layer.field.clone(), layer.precision.clone() if gaussian else None)
+    layer.set_prior("anchored")
+    for _ in range(3):  # the anchor stays where it was set while H moves on
+        model.bp_step(x, y)
+    assert torch.equal(layer.prior_field, anchor[0]) and not torch.equal(layer.field, anchor[0])
+    if gaussian:
+        assert torch.equal(layer.prior_precision, anchor[1])
+    twin = copy.deepcopy(model)
+    twin_layer = twin.bp_layers[0]
+    theta = torch.lerp(anchor[0], layer.field, 0.9)
+    twin_layer.set_prior((theta, torch.lerp(anchor[1], layer.precision, 0.9)) if gaussian else theta)
+    st = layer.mp_begin(1)
+    assert st.rho == 1.0 and torch.equal(st.field_prior.reshape(theta.shape), theta)
+    model.bp_step(x, y)
+    twin.bp_step(x, y)
+    assert torch.equal(layer.field, twin_layer.field) and torch.equal(layer.mag, twin_layer.mag)
+    assert theta.sub(0.9 * anchor[0]).abs().max() > 0, "θ differs from plain PasP ρ·H"
+
+
+@pytest.mark.parametrize("anchor", ["none", "output", "all"])
+def test_trainer_anchors_the_chosen_layers_at_task_boundaries(anchor):
+    tasks = small_tasks(3)
+    model = mlp([20, 9, 3], algo="amp", seed=0, dtype=torch.float64)
+    trainer = MessagePassingTrainer(model, eval_bayes=False, anchor=anchor)
+    boundary = {}
+    begin = trainer.begin_task
+
+    def spy(t):
+        boundary[t] = [l.field.clone() for l in model.bp_layers]
+        begin(t)
+
+    trainer.begin_task = spy
+    continual.train_continual(trainer, tasks, epochs_per_task=1, batch_size=30, progress=False)
+    chosen = {"none": [], "output": [1], "all": [0, 1]}[anchor]
+    for i, layer in enumerate(model.bp_layers):
+        if i in chosen:  # anchored at the posterior of task 2, the start of task 3
+            assert layer.prior == "anchored" and torch.equal(layer.prior_field, boundary[2][i])
+        else:
+            assert layer.prior == "pasp" and layer.prior_field is None
+    with pytest.raises(ValueError, match="anchor must be one of"):
+        MessagePassingTrainer(model, anchor="hidden")
+
+
 def test_accuracy_matrix_and_summary():
     rows = [{"task": 0, "task_accuracy": [0.5, 0.1]}, {"task": 0, "task_accuracy": [0.8, 0.1]},
             {"task": 1, "task_accuracy": [0.6, 0.7]}, {"task": 1, "task_accuracy": [0.7, 0.9]}]
@@ -85,13 +144,19 @@ def test_accuracies_are_measured_on_the_right_task():
     assert [r["task_epoch"] for r in rows] == [1, 2, 1, 2, 1, 2]
 
 
-@pytest.mark.parametrize("method", ["amp", "ste", "bayesbinn"])
-def test_resume_at_any_epoch_of_any_task_is_exact(tmp_path, method):
+# crash at call 11: task 2, epoch 1, third batch (4 batches per epoch), resumed from task 1's
+# last checkpoint; at call 14: task 2, epoch 2, resumed from task 2's own first checkpoint
+@pytest.mark.parametrize("crash_at", [11, 14])
+@pytest.mark.parametrize("method", ["amp", "amp-anchored", "ste", "bayesbinn"])
+def test_resume_at_any_epoch_of_any_task_is_exact(tmp_path, method, crash_at):
     tasks = small_tasks()
 
     def new_trainer():
         if method == "amp":
             return MessagePassingTrainer(mlp([20, 9, 3], algo="amp", rho=1.0, seed=0), eval_bayes=False)
+        if method == "amp-anchored":  # the anchors are part of the checkpoint
+            return MessagePassingTrainer(mlp([20, 9, 3], algo="amp", seed=0), eval_bayes=False,
+                                         anchor="all")
         options = {"mc_samples": 0} if method == "bayesbinn" else {}
         return make_trainer(method, tasks[0], [9], total_steps=8, seed=0, **options)
 
@@ -103,7 +168,7 @@ def test_resume_at_any_epoch_of_any_task_is_exact(tmp_path, method):
 
     def crash(x, y):
         calls[0] += 1
-        if calls[0] == 11:  # task 2, epoch 1, third batch (4 batches per epoch)
+        if calls[0] == crash_at:
             raise KeyboardInterrupt
         return step(x, y)
 
@@ -117,9 +182,11 @@ def test_resume_at_any_epoch_of_any_task_is_exact(tmp_path, method):
     timing = ("seconds", "cpu_seconds", "eval_seconds", "bn_seconds")
     strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
     assert strip(rows_b) == strip(rows)
-    for a, b in zip(straight.state_dict()["state_dict" if method == "amp" else "model"].values(),
-                    resumed.state_dict()["state_dict" if method == "amp" else "model"].values()):
-        assert torch.equal(a, b)
+    key = "state_dict" if method.startswith("amp") else "model"
+    saved, loaded = straight.state_dict()[key], resumed.state_dict()[key]
+    assert saved.keys() == loaded.keys()
+    for name in saved:
+        assert torch.equal(saved[name], loaded[name]), name
 
 
 def test_metaplastic_updates_consolidate_large_weights():
@@ -158,9 +225,9 @@ def test_continual_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "cl"
     assert cli.main(["continual", "--dataset", "teacher", "--subset", "120", "--test-subset", "60",
                      "--hidden", "9", "--tasks", "2", "--epochs-per-task", "2", "--batch-size", "30",
-                     "--methods", "amp,amp-default,ste,meta", "--no-progress",
+                     "--methods", "amp,amp-default,amp-anchored,ste,meta", "--no-progress",
                      "--out", str(out)]) == 0
-    for method in ("amp", "amp-default", "ste", "meta"):
+    for method in ("amp", "amp-default", "amp-anchored", "ste", "meta"):
         matrix = (out / method / "accuracy_matrix.csv").read_text().splitlines()
         assert matrix[0] == "after_task,task_1,task_2" and len(matrix) == 3
         assert (out / method / "accuracy_matrix.png").exists()
@@ -169,5 +236,5 @@ def test_continual_command_end_to_end(tmp_path, capsys):
         assert [r["method"] for r in rows] == [method, method]
     assert (out / "continual.png").exists()
     table = (out / "summary.md").read_text()
-    assert all(f"| {m} |" in table for m in ("amp", "amp-default", "ste", "meta"))
+    assert all(f"| {m} |" in table for m in ("amp", "amp-default", "amp-anchored", "ste", "meta"))
     assert "summary" not in os.listdir(out / "amp")
