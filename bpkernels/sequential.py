@@ -263,20 +263,35 @@ class BPSequential(nn.Module):
 
     @torch.no_grad()
     def predict(self, x: Tensor, mode: str = "pointwise", chunk: int = 8192) -> Tensor:
-        """Predictions for a batch of any size, in chunks.
+        """Predictions for a batch of any size, in chunks: class indices [B] (argmax output)
+        or ±1 [B] (sign output), the decision on :meth:`scores`.
 
         mode="pointwise": W = sign(m), x ← sign(W x + 1e-10) through the hidden layers (every
         layer's forward).  mode="bayes": moment propagation through the weight marginals (§6).
         """
+        return self.decide(self.scores(x, mode, chunk))
+
+    @torch.no_grad()
+    def scores(self, x: Tensor, mode: str = "pointwise", chunk: int = 8192) -> Tensor:
+        """The outputs the prediction decides on, [B, K] (K = 1 for a sign output): the output
+        layer's preactivation W x (point-wise) or its output means x̂ ∈ [−1, 1] (Bayesian).
+        Averaging them over networks gives an ensemble (:func:`ensemble_predict`)."""
         if mode not in ("pointwise", "bayes"):
             raise ValueError(f"mode must be 'pointwise' or 'bayes', got {mode!r}")
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"chunk must be a positive int, got {chunk!r}")
         x = self.check_inputs(x)
-        out = [self._predict_chunk(x[i:i + chunk], mode) for i in range(0, x.shape[0], chunk)]
-        return torch.cat(out)
+        return torch.cat([self._scores_chunk(x[i:i + chunk], mode)
+                          for i in range(0, x.shape[0], chunk)])
 
-    def _predict_chunk(self, x: Tensor, mode: str) -> Tensor:
+    def decide(self, z: Tensor) -> Tensor:
+        """Scores [B, K] -> predictions [B]: argmax_k (argmax output), or ±1 by the sign of
+        the single score (ties give +1)."""
+        if self.bp_layers[-1].output == "argmax":
+            return z.argmax(dim=1)
+        return torch.where(z[:, 0] >= 0, 1.0, -1.0).to(z.dtype)
+
+    def _scores_chunk(self, x: Tensor, mode: str) -> Tensor:
         if mode == "bayes":
             x_hat, delta = x, None
             for layer in self.body:
@@ -284,14 +299,11 @@ class BPSequential(nn.Module):
                     x_hat, delta = layer.bayes(x_hat, delta)
                 else:
                     x_hat, delta = layer(x_hat), None if delta is None else layer(delta)
-            z = x_hat
-        else:
-            z = x
-            for layer in self.body:
-                z = layer(z)
-        if self.bp_layers[-1].output == "argmax":
-            return z.argmax(dim=1)
-        return torch.where(z[:, 0] >= 0, 1.0, -1.0).to(z.dtype)
+            return x_hat
+        z = x
+        for layer in self.body:
+            z = layer(z)
+        return z
 
     @torch.no_grad()
     def error(self, x: Tensor, y: Tensor, mode: str = "pointwise") -> float:
@@ -299,3 +311,16 @@ class BPSequential(nn.Module):
         pred = self.predict(x, mode)
         y = self.check_labels(y, pred.shape[0])
         return float((pred != y.reshape(-1).to(pred.dtype)).double().mean())
+
+
+@torch.no_grad()
+def ensemble_predict(models: list[BPSequential], x: Tensor, mode: str = "bayes") -> Tensor:
+    """The prediction of an ensemble of networks of the same outputs (e.g. one per seed),
+    [B]: the decision on the mean of their :meth:`BPSequential.scores`. In Bayesian mode this
+    averages the predictive means x̂ of every network's posterior, a mixture of posteriors."""
+    if not models:
+        raise ValueError("an ensemble needs at least one model")
+    outputs = {(m.bp_layers[-1].output, m.num_classes) for m in models}
+    if len(outputs) > 1:
+        raise ValueError(f"the models of an ensemble must have the same outputs, got {sorted(outputs, key=str)}")
+    return models[0].decide(torch.stack([m.scores(x, mode) for m in models]).mean(dim=0))

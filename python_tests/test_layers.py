@@ -143,6 +143,35 @@ def test_predict_any_batch_size_in_chunks():
     assert torch.equal(net.predict(x, mode="bayes", chunk=7), net.predict(x, mode="bayes"))
 
 
+@pytest.mark.parametrize("output, sizes", [("argmax", [10, 8, 4]), ("sign", [10, 8, 1])])
+def test_scores_and_ensemble_predict(output, sizes):
+    """predict decides on scores; an ensemble decides on the mean of its members' scores: the
+    Bayesian output means x̂ (in [−1, 1]) or the point-wise preactivations."""
+    x = torch.randn(300, 10, dtype=F64)
+    nets = [mlp(sizes, output=output, seed=s, dtype=F64) for s in range(3)]
+    for net in nets:
+        net.bp_step(x[:64], torch.randint(0, 4, (64,)) if output == "argmax"
+                    else torch.sign(torch.randn(64, dtype=F64)))
+    for mode in ("pointwise", "bayes"):
+        scores = [net.scores(x, mode, chunk=37) for net in nets]
+        assert scores[0].shape == (300, sizes[-1])
+        for net, z in zip(nets, scores):
+            assert torch.equal(net.predict(x, mode), net.decide(z))
+        if mode == "bayes":
+            assert all((z.abs() <= 1).all() for z in scores)
+        mean = (scores[0] + scores[1] + scores[2]) / 3
+        expected = mean.argmax(1) if output == "argmax" else torch.where(mean[:, 0] >= 0, 1.0, -1.0).double()
+        got = bpk.ensemble_predict(nets, x, mode)
+        assert torch.equal(got, expected) and got.dtype == nets[0].predict(x, mode).dtype
+        assert torch.equal(bpk.ensemble_predict(nets[:1], x, mode), nets[0].predict(x, mode))
+        # members disagree somewhere, so the ensemble is not one of them
+        assert any(not torch.equal(got, net.predict(x, mode)) for net in nets)
+    with pytest.raises(ValueError, match="at least one model"):
+        bpk.ensemble_predict([], x)
+    with pytest.raises(ValueError, match="same outputs"):
+        bpk.ensemble_predict([nets[0], mlp([10, 8, 3], seed=0, dtype=F64)], x)
+
+
 def test_masked_weights_stay_zero_through_training():
     net = mlp([20, 10, 1], output="sign", density=0.3, seed=0, dtype=F64)
     x = torch.randn(32, 20, dtype=F64)
