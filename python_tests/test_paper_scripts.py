@@ -78,3 +78,15 @@ def test_sparsity(tmp_path):
     assert sorted(os.listdir(tmp_path / "out" / "logs")) == [
         "bpi-21-d0.3-seed0.jsonl", "bpi-21-d1.0-seed0.jsonl", "ste-21-d0.3-seed0.jsonl",
         "ste-21-d1.0-seed0.jsonl"]
+
+
+def test_beyond(tmp_path):
+    run_script("beyond", tmp_path, "--configs", "default", "tau2")
+    rows = check_outputs(tmp_path / "out", "beyond", 2)
+    assert [r["configuration"] for r in rows] == ["AMP 2×501, library defaults",
+                                                  "AMP 2×501, τ_max = 2"]
+    for r in rows:  # an ensemble of one seed is that seed's network
+        assert float(r["ensemble of 1 point-wise %"]) == float(r["point-wise test error %"].split(" ± ")[0])
+        assert float(r["ensemble of 1 Bayesian %"]) == float(r["Bayesian test error %"].split(" ± ")[0])
+    logs = tmp_path / "out" / "logs"
+    assert sorted(os.listdir(logs)) == ["amp-default-seed0.jsonl", "amp-tau2-seed0.jsonl"]
