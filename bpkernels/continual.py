@@ -85,6 +85,16 @@ def train_continual(trainer, tasks: list[Dataset], epochs_per_task: int, batch_s
     return rows
 
 
+def read_rows(run_dir: str, n_tasks: int) -> list[dict]:
+    """The rows :func:`train_continual` returned, read back from its ``run_dir`` (e.g. to
+    write one report over methods trained in separate processes)."""
+    rows = []
+    for t in range(n_tasks):
+        task_rows = read_metrics(os.path.join(run_dir, f"task-{t}", "metrics.jsonl"))
+        rows += [{**row, "task_epoch": e + 1} for e, row in enumerate(task_rows)]
+    return rows
+
+
 def _epochs_done(task_dir: str | None) -> int:
     if task_dir is None or not os.path.exists(os.path.join(task_dir, CHECKPOINT)):
         return 0

@@ -100,18 +100,25 @@ class MessagePassingTrainer:
         anchor: continual learning, the layers whose posterior becomes the fixed anchor A of
             their prior θ = A + ρ·(H − A) at every task boundary after the first: "none" (θ =
             ρ·H carries over unchanged), "output" or "all" (docs §6.1).
+        anchor_rho: with anchor="all", the ρ of the anchored hidden layers from the second
+            task on (None: their own); 1/(1 − ρ) mini-batches is the window over which a new
+            task's evidence accumulates on top of A.
     """
 
     ANCHORS = ("none", "output", "all")
 
     def __init__(self, model: BPSequential, tau_max: int = 1, r_step: float = 0.0,
                  pasp: bool = True, eval_bayes: bool = True, method: str | None = None,
-                 anchor: str = "none"):
+                 anchor: str = "none", anchor_rho: float | None = None):
         if tau_max < 1:
             raise ValueError(f"tau_max must be >= 1, got {tau_max}")
         if anchor not in self.ANCHORS:
             raise ValueError(f"anchor must be one of {self.ANCHORS}, got {anchor!r}")
-        self.anchor = anchor
+        if anchor_rho is not None and anchor != "all":
+            raise ValueError("anchor_rho sets the ρ of anchored hidden layers: it needs anchor='all'")
+        if anchor_rho is not None and not 0.0 <= anchor_rho <= 1.0:
+            raise ValueError(f"anchor_rho must lie in [0, 1], got {anchor_rho!r}")
+        self.anchor, self.anchor_rho = anchor, anchor_rho
         self.model, self.tau_max, self.r_step, self.pasp = model, tau_max, r_step, pasp
         self.eval_bayes = eval_bayes
         self.method = method or model.bp_layers[0].algo
@@ -152,6 +159,7 @@ class MessagePassingTrainer:
         model = self.model
         return {"model_config": model.config(), "state_dict": model.state_dict(),
                 "layer_r": [layer.r for layer in model.bp_layers],
+                "layer_rho": [layer.rho for layer in model.bp_layers],
                 "layer_prior": [layer.prior for layer in model.bp_layers],
                 "reinforcement_calls": model.reinforcement_calls}
 
@@ -168,6 +176,8 @@ class MessagePassingTrainer:
         layers = self.model.bp_layers
         for layer in layers if self.anchor == "all" else layers[-1:]:
             layer.set_prior("anchored")
+            if self.anchor_rho is not None and layer is not layers[-1]:
+                layer.rho = self.anchor_rho
 
     def test_error(self, x: Tensor, y: Tensor) -> float:
         """Point-wise error of the network on (x, y)."""
@@ -181,6 +191,8 @@ def load_model_state(model: BPSequential, state: dict) -> None:
     model.load_state_dict(state["state_dict"])
     for layer, r in zip(model.bp_layers, state["layer_r"]):
         layer.r = r
+    for layer, rho in zip(model.bp_layers, state.get("layer_rho", ())):
+        layer.rho = rho
     model.reinforcement_calls = state["reinforcement_calls"]
 
 

@@ -15,7 +15,7 @@ from bpkernels import BPSequential, cli, continual, data, mlp
 from bpkernels.baselines import make_trainer
 from bpkernels.gaussian import GaussianBPLinear
 from bpkernels.layers import BPLinear
-from bpkernels.train import MessagePassingTrainer
+from bpkernels.train import MessagePassingTrainer, load_model
 
 
 def small_tasks(n_tasks=2):
@@ -101,7 +101,8 @@ def test_anchored_prior_tempers_toward_the_fixed_anchor(layer_type):
 def test_trainer_anchors_the_chosen_layers_at_task_boundaries(anchor):
     tasks = small_tasks(3)
     model = mlp([20, 9, 3], algo="amp", seed=0, dtype=torch.float64)
-    trainer = MessagePassingTrainer(model, eval_bayes=False, anchor=anchor)
+    trainer = MessagePassingTrainer(model, eval_bayes=False, anchor=anchor,
+                                    anchor_rho=0.95 if anchor == "all" else None)
     boundary = {}
     begin = trainer.begin_task
 
@@ -117,8 +118,14 @@ def test_trainer_anchors_the_chosen_layers_at_task_boundaries(anchor):
             assert layer.prior == "anchored" and torch.equal(layer.prior_field, boundary[2][i])
         else:
             assert layer.prior == "pasp" and layer.prior_field is None
+    # anchor_rho replaces the hidden layers' ρ from task 2 on; the output keeps its own
+    assert [l.rho for l in model.bp_layers] == ([0.95, 0.9] if anchor == "all" else [1.0001, 0.9])
     with pytest.raises(ValueError, match="anchor must be one of"):
         MessagePassingTrainer(model, anchor="hidden")
+    with pytest.raises(ValueError, match="needs anchor='all'"):
+        MessagePassingTrainer(model, anchor="output", anchor_rho=0.9)
+    with pytest.raises(ValueError, match=r"anchor_rho must lie in \[0, 1\]"):
+        MessagePassingTrainer(model, anchor="all", anchor_rho=1.5)
 
 
 def test_accuracy_matrix_and_summary():
@@ -156,7 +163,7 @@ def test_resume_at_any_epoch_of_any_task_is_exact(tmp_path, method, crash_at):
             return MessagePassingTrainer(mlp([20, 9, 3], algo="amp", rho=1.0, seed=0), eval_bayes=False)
         if method == "amp-anchored":  # the anchors are part of the checkpoint
             return MessagePassingTrainer(mlp([20, 9, 3], algo="amp", seed=0), eval_bayes=False,
-                                         anchor="all")
+                                         anchor="all", anchor_rho=0.95)
         options = {"mc_samples": 0} if method == "bayesbinn" else {}
         return make_trainer(method, tasks[0], [9], total_steps=8, seed=0, **options)
 
@@ -182,6 +189,7 @@ def test_resume_at_any_epoch_of_any_task_is_exact(tmp_path, method, crash_at):
     timing = ("seconds", "cpu_seconds", "eval_seconds", "bn_seconds")
     strip = lambda rs: [{k: v for k, v in r.items() if k not in timing} for r in rs]  # noqa: E731
     assert strip(rows_b) == strip(rows)
+    assert continual.read_rows(str(tmp_path / "b"), 2) == rows_b
     key = "state_dict" if method.startswith("amp") else "model"
     saved, loaded = straight.state_dict()[key], resumed.state_dict()[key]
     assert saved.keys() == loaded.keys()
@@ -234,6 +242,11 @@ def test_continual_command_end_to_end(tmp_path, capsys):
         rows = [json.loads(line) for line in
                 (out / method / "task-1" / "metrics.jsonl").read_text().splitlines()]
         assert [r["method"] for r in rows] == [method, method]
+    # amp-anchored (--anchor all): from task 2 on, the hidden layer's ρ is 1 − 1/(2.5 epochs ×
+    # 4 batches) = 0.9, every layer's prior is anchored at the posterior of task 1
+    model, _ = load_model(str(out / "amp-anchored" / "task-1" / "checkpoint.pt"))
+    assert [l.rho for l in model.bp_layers] == [pytest.approx(0.9), 0.9]
+    assert [l.prior for l in model.bp_layers] == ["anchored", "anchored"]
     assert (out / "continual.png").exists()
     table = (out / "summary.md").read_text()
     assert all(f"| {m} |" in table for m in ("amp", "amp-default", "amp-anchored", "ste", "meta"))
