@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 
-from paper_common import (Clock, budget_note, curve, fmt, keep_log, load, mean_std, parser,
-                          pyplot, run_message_passing, setup, write_table)
+from paper_common import (Clock, budget_note, curve, finish_figure, fmt, keep_log, load,
+                          mean_std, parser, pyplot, run_message_passing, setup, write_table)
 
 from bpkernels import mlp
 
@@ -76,11 +76,7 @@ def main(argv=None) -> int:
     ax.set_title(f"{args.dataset} even/odd, 784-101-101-1, {args.algo}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test error (%), mean over seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "bayes_fig2.png"), dpi=110)
-    print(open(os.path.join(args.out, "bayes_fig2.md")).read())
+    finish_figure(fig, [ax], args, "bayes_fig2")
     return 0
 
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import os
 
-from paper_common import (Clock, budget_note, curve, fmt, keep_log, load, mean_std, parser,
-                          pyplot, run_message_passing, setup, write_table)
+from paper_common import (Clock, budget_note, curve, finish_figure, fmt, keep_log, load,
+                          mean_std, parser, pyplot, run_message_passing, setup, write_table)
 
 from bpkernels import ensemble_predict, fit, mlp
 from bpkernels.runlog import CHECKPOINT
@@ -120,11 +120,7 @@ def main(argv=None) -> int:
     ax.set_title(f"{args.dataset} 10 classes, {args.algo}: beyond the paper")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test error (%), mean over seeds")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "beyond.png"), dpi=110)
-    print(open(os.path.join(args.out, "beyond.md")).read())
+    finish_figure(fig, [ax], args, "beyond")
     return 0
 
 

@@ -193,6 +193,16 @@ def pyplot():
     return plt
 
 
+def finish_figure(fig, axes, args, name: str) -> None:
+    """Grid and legend on every axis; writes <out>/<name>.png and prints <out>/<name>.md."""
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, f"{name}.png"), dpi=110)
+    print(open(os.path.join(args.out, f"{name}.md")).read())
+
+
 class Clock:
     """Wall time since the script started."""
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import os
 
-from paper_common import (Clock, budget_note, fmt, keep_log, load, mean_std, parser,
-                          pyplot, run_baseline, run_message_passing, setup, write_table)
+from paper_common import (Clock, budget_note, finish_figure, fmt, keep_log, load, mean_std,
+                          parser, pyplot, run_baseline, run_message_passing, setup, write_table)
 
 from bpkernels import mlp
 
@@ -93,11 +93,7 @@ def main(argv=None) -> int:
     ax.set_xlabel("density")
     ax.set_ylabel(f"test error (%) after {args.epochs} epochs")
     ax.set_title(f"{args.dataset} {args.task}, 784-{arch}, sparse layers")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "sparsity.png"), dpi=110)
-    print(open(os.path.join(args.out, "sparsity.md")).read())
+    finish_figure(fig, [ax], args, "sparsity")
     return 0
 
 

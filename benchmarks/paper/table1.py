@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 
-from paper_common import (Clock, budget_note, curve, fmt, keep_log, load, mean_std, parser,
-                          pyplot, run_baseline, run_message_passing, setup, write_table)
+from paper_common import (Clock, budget_note, curve, finish_figure, fmt, keep_log, load,
+                          mean_std, parser, pyplot, run_baseline, run_message_passing, setup,
+                          write_table)
 
 from bpkernels import mlp
 
@@ -125,11 +126,7 @@ def main(argv=None) -> int:
         ax.set_title(f"{args.dataset}, {TASK_LABEL[task]}, 784-501-501")
         ax.set_xlabel("epoch")
         ax.set_ylabel("error (%), mean over seeds")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "table1.png"), dpi=110)
-    print(open(os.path.join(args.out, "table1.md")).read())
+    finish_figure(fig, axes[0], args, "table1")
     return 0
 
 
