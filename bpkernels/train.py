@@ -159,8 +159,6 @@ class MessagePassingTrainer:
         model = self.model
         return {"model_config": model.config(), "state_dict": model.state_dict(),
                 "layer_r": [layer.r for layer in model.bp_layers],
-                "layer_rho": [layer.rho for layer in model.bp_layers],
-                "layer_prior": [layer.prior for layer in model.bp_layers],
                 "reinforcement_calls": model.reinforcement_calls}
 
     def load_state_dict(self, state: dict) -> None:
@@ -186,13 +184,14 @@ class MessagePassingTrainer:
 
 def load_model_state(model: BPSequential, state: dict) -> None:
     """Loads a :meth:`MessagePassingTrainer.state_dict` into ``model``."""
-    for layer, kind in zip(model.bp_layers, state.get("layer_prior", ())):
-        layer.use_prior_kind(kind)  # its buffers, if any, are loaded next
+    # the saved layers' prior kind and ρ (both can change during continual learning)
+    specs = [spec for spec in state["model_config"] if spec["type"] != "flatten"]
+    for layer, spec in zip(model.bp_layers, specs):
+        layer.use_prior_kind(spec["prior"])  # its buffers, if any, are loaded next
+        layer.rho = spec["rho"]
     model.load_state_dict(state["state_dict"])
     for layer, r in zip(model.bp_layers, state["layer_r"]):
         layer.r = r
-    for layer, rho in zip(model.bp_layers, state.get("layer_rho", ())):
-        layer.rho = rho
     model.reinforcement_calls = state["reinforcement_calls"]
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import os
 
 from paper_common import (Clock, budget_note, curve, finish_figure, fmt, keep_log, load,
-                          mean_std, parser, pyplot, run_message_passing, setup, write_table)
+                          mean_std, parser, plot_test_errors, pyplot, run_message_passing, setup,
+                          write_table)
 
 from bpkernels import mlp
 
@@ -69,10 +70,7 @@ def main(argv=None) -> int:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (label, runs) in enumerate(results.items()):
-        point, bayes = curve(runs, "test_error"), curve(runs, "test_error_bayes")
-        epochs = range(1, len(point) + 1)
-        ax.plot(epochs, point, "-", color=f"C{i}", label=f"{label}, point-wise")
-        ax.plot(epochs, bayes, ":", color=f"C{i}", label=f"{label}, Bayesian")
+        plot_test_errors(ax, runs, label, f"C{i}")
     ax.set_title(f"{args.dataset} even/odd, 784-101-101-1, {args.algo}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test error (%), mean over seeds")

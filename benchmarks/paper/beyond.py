@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import os
 
-from paper_common import (Clock, budget_note, curve, finish_figure, fmt, keep_log, load,
-                          mean_std, parser, pyplot, run_message_passing, setup, write_table)
+from paper_common import (Clock, budget_note, finish_figure, fmt, keep_log, load, mean_std,
+                          parser, plot_test_errors, pyplot, run_message_passing, setup,
+                          write_table)
 
 from bpkernels import ensemble_predict, fit, mlp
 from bpkernels.runlog import CHECKPOINT
@@ -111,10 +112,7 @@ def main(argv=None) -> int:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for i, (name, runs) in enumerate(results.items()):
-        point, bayes = curve(runs, "test_error"), curve(runs, "test_error_bayes")
-        epochs = range(1, len(point) + 1)
-        ax.plot(epochs, point, "-", color=f"C{i}", label=f"{CONFIGS[name][0]}, point-wise")
-        ax.plot(epochs, bayes, ":", color=f"C{i}", label=f"{CONFIGS[name][0]}, Bayesian")
+        plot_test_errors(ax, runs, CONFIGS[name][0], f"C{i}")
     ax.axhline(11.5, color="0.5", lw=0.8, ls="--")
     ax.axhline(11.0, color="0.5", lw=0.8, ls=":")
     ax.set_title(f"{args.dataset} 10 classes, {args.algo}: beyond the paper")

@@ -193,6 +193,14 @@ def pyplot():
     return plt
 
 
+def plot_test_errors(ax, runs: list[list[dict]], label: str, color: str) -> None:
+    """The seed-mean point-wise (solid) and Bayesian (dotted) test-error curves of a setting."""
+    point, bayes = curve(runs, "test_error"), curve(runs, "test_error_bayes")
+    epochs = range(1, len(point) + 1)
+    ax.plot(epochs, point, "-", color=color, label=f"{label}, point-wise")
+    ax.plot(epochs, bayes, ":", color=color, label=f"{label}, Bayesian")
+
+
 def finish_figure(fig, axes, args, name: str) -> None:
     """Grid and legend on every axis; writes <out>/<name>.png and prints <out>/<name>.md."""
     for ax in axes:
