@@ -16,13 +16,13 @@ from .gaussian import GaussianBPLinear
 from .layers import BPLayer, BPLinear, register_layer
 from .packed import export, load_packed
 from .sequential import BPSequential, ensemble_predict
-from .train import MessagePassingTrainer, Trainer, evaluate, fit, load_model
+from .train import MessagePassingTrainer, Ramp, Trainer, evaluate, fit, load_model
 
 __version__ = "0.2.0"
 
 __all__ = ["ALGORITHMS", "Algorithm", "BPConv2d", "BPLayer", "BPLinear", "BPSequential",
            "GaussianBPLinear",
-           "MessagePassingTrainer", "Trainer", "build_arch", "data", "ensemble_predict", "evaluate",
+           "MessagePassingTrainer", "Ramp", "Trainer", "build_arch", "data", "ensemble_predict", "evaluate",
            "export", "fit",
            "load_model", "load_packed", "mlp", "ops", "parse_arch", "reference", "register_algorithm",
            "register_layer", "__version__"]

@@ -16,7 +16,7 @@ from .algorithms import ALGORITHMS
 from .distributed import init_from_environment, is_main_process
 from .arch import build_arch, mlp
 from .runlog import plot_errors
-from .train import evaluate, fit, load_model
+from .train import Ramp, evaluate, fit, load_model
 
 MP_METHODS = ("bp",)  # message passing; the variant is --algo
 
@@ -86,6 +86,13 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
                    help="start a new run in a run folder that holds one (its checkpoint is replaced)")
 
 
+def ramp_type(text: str) -> Ramp:
+    try:
+        return Ramp.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def add_mp_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--algo", default="bpi", choices=list(ALGORITHMS), help="message-passing variant")
     p.add_argument("--rho", type=float, nargs="*", default=None,
@@ -96,6 +103,10 @@ def add_mp_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--r", type=float, default=0.0, help="internal reinforcement r")
     p.add_argument("--r-step", type=float, default=0.0, help="reinforcement schedule step")
     p.add_argument("--tau-max", type=int, default=1, help="inner message-passing iterations")
+    p.add_argument("--ramp", type=ramp_type, action="append", default=None,
+                   metavar="PARAM:START:END:EPOCHS[:LAYERS]",
+                   help="a per-epoch linear schedule of rho or psi over the hidden, output or all "
+                        "(default) layers, e.g. psi:0.8:0.95:100 (repeatable)")
     p.add_argument("--density", type=float, default=None,
                    help="weight density of a fixed random mask (the gradient baselines get the "
                         "masks message passing draws for the same seed)")
@@ -135,9 +146,10 @@ def run_message_passing(args, data, device, run_dir):
         args = argparse.Namespace(**{**vars(args), "algo": "cbpi", "weights": "gaussian"})
     factory = dict(r=args.r, init_std=args.init_std, density=args.density, seed=args.seed,
                    dtype=getattr(torch, args.dtype), device=device)
-    # Binary runs record no "weights" key, so runs started before --weights still resume.
+    # Binary runs record no "weights" key, so runs started before --weights still resume; fit
+    # records the ramps itself.
     config = {k: v for k, v in vars(args).items()
-              if k != "func" and not (k == "weights" and v == "binary")}
+              if k not in ("func", "ramp") and not (k == "weights" and v == "binary")}
     if getattr(args, "arch", None):
         n_layers = sum(token.startswith(("conv", "dense")) for token in args.arch.lower().split("-"))
         model = build_arch(args.arch, algo=args.algo, num_classes=data.num_classes,
@@ -154,7 +166,7 @@ def run_message_passing(args, data, device, run_dir):
                tau_max=args.tau_max, r_step=args.r_step, seed=args.seed, run_dir=run_dir,
                config=config, resume=getattr(args, "resume", False),
                progress=not args.no_progress, eval_bayes=not args.no_bayes, method=args.algo,
-               overwrite=args.overwrite)
+               overwrite=args.overwrite, ramps=getattr(args, "ramp", None) or ())
 
 
 def run_method(method: str, args, data, device, run_dir):

@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Callable, Protocol
+from dataclasses import asdict, dataclass
+from typing import Callable, Protocol, Sequence
 
 import torch
 from torch import Tensor
@@ -41,6 +42,10 @@ class Trainer(Protocol):
 
     def prepare(self, data: Dataset) -> Dataset:
         """The dataset on the training device and dtype, validated once for the whole run."""
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Called before the first mini-batch of every epoch (counted from 1), also after a
+        resume: per-epoch schedules are set here, as a function of ``epoch`` alone."""
 
     def step(self, x: Tensor, y: Tensor) -> Tensor:
         """One update on the mini-batch x [B, ...], y [B]; returns a 0-dim statistic (δ, loss)."""
@@ -89,6 +94,68 @@ def _error(model: BPSequential, x: Tensor, y: Tensor, mode: str,
     return float(data_parallel.sum(wrong)) / total
 
 
+@dataclass(frozen=True)
+class Ramp:
+    """A per-epoch schedule of one layer hyper-parameter of message passing: ``param`` ("rho"
+    or "psi") of the ``layers`` ("hidden", "output" or "all") goes linearly from ``start`` at
+    epoch 1 to ``end`` at epoch ``epochs`` and stays at ``end`` afterwards. Its horizon is its
+    own, not the run's, so a run extended with more epochs equals a longer run.
+
+    Written ``param:start:end:epochs[:layers]`` on the command line (:meth:`parse`), e.g.
+    ``psi:0.8:0.95:100``: the damping ψ of every layer from 0.8 to 0.95 over 100 epochs.
+    """
+
+    param: str
+    start: float
+    end: float
+    epochs: int
+    layers: str = "all"
+
+    PARAMS = {"rho": (0.0, math.inf), "psi": (0.0, 1.0)}
+    LAYERS = ("hidden", "output", "all")
+
+    def __post_init__(self):
+        if self.param not in self.PARAMS:
+            raise ValueError(f"a ramp schedules one of {tuple(self.PARAMS)}, got {self.param!r}")
+        lo, hi = self.PARAMS[self.param]
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and lo <= value <= hi):
+                raise ValueError(f"ramp of {self.param}: {name} must lie in [{lo}, {hi}], "
+                                 f"got {value!r}")
+        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+            raise ValueError(f"ramp of {self.param}: epochs must be an integer >= 1, "
+                             f"got {self.epochs!r}")
+        if self.layers not in self.LAYERS:
+            raise ValueError(f"ramp of {self.param}: layers must be one of {self.LAYERS}, "
+                             f"got {self.layers!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> "Ramp":
+        """``param:start:end:epochs[:layers]`` → Ramp."""
+        parts = text.split(":")
+        if len(parts) not in (4, 5):
+            raise ValueError(f"a ramp is param:start:end:epochs[:layers], got {text!r}")
+        try:
+            start, end, epochs = float(parts[1]), float(parts[2]), int(parts[3])
+        except ValueError:
+            raise ValueError(f"a ramp is param:start:end:epochs[:layers] with numbers for "
+                             f"start, end and epochs, got {text!r}") from None
+        return cls(parts[0], start, end, epochs, *parts[4:])
+
+    def value(self, epoch: int) -> float:
+        """The value during ``epoch`` (1-based); a one-epoch ramp is ``end`` throughout."""
+        t = 1.0 if self.epochs == 1 else min(max(epoch - 1, 0) / (self.epochs - 1), 1.0)
+        return self.start + t * (self.end - self.start)
+
+    def apply(self, layers: Sequence, epoch: int) -> None:
+        """Sets the hyper-parameter of the chosen layers of ``layers`` (a network's BP layers,
+        the output last) for ``epoch``."""
+        chosen = {"hidden": layers[:-1], "output": layers[-1:], "all": layers}[self.layers]
+        for layer in chosen:
+            setattr(layer, self.param, self.value(epoch))
+
+
 class MessagePassingTrainer:
     """A BPSequential trained by posterior-as-prior message passing (docs §3).
 
@@ -103,13 +170,16 @@ class MessagePassingTrainer:
         anchor_rho: with anchor="all", the ρ of the anchored hidden layers from the second
             task on (None: their own); 1/(1 − ρ) mini-batches is the window over which a new
             task's evidence accumulates on top of A.
+        ramps: per-epoch schedules of ρ or ψ (:class:`Ramp`), applied in order at the start of
+            every epoch; at most one per (parameter, layer).
     """
 
     ANCHORS = ("none", "output", "all")
 
     def __init__(self, model: BPSequential, tau_max: int = 1, r_step: float = 0.0,
                  pasp: bool = True, eval_bayes: bool = True, method: str | None = None,
-                 anchor: str = "none", anchor_rho: float | None = None):
+                 anchor: str = "none", anchor_rho: float | None = None,
+                 ramps: Sequence[Ramp] = ()):
         if tau_max < 1:
             raise ValueError(f"tau_max must be >= 1, got {tau_max}")
         if anchor not in self.ANCHORS:
@@ -119,6 +189,23 @@ class MessagePassingTrainer:
         if anchor_rho is not None and not 0.0 <= anchor_rho <= 1.0:
             raise ValueError(f"anchor_rho must lie in [0, 1], got {anchor_rho!r}")
         self.anchor, self.anchor_rho = anchor, anchor_rho
+        self.ramps = tuple(ramps)
+        n_layers = len(model.bp_layers)
+        owners = {}
+        for ramp in self.ramps:
+            if not isinstance(ramp, Ramp):
+                raise TypeError(f"ramps must be Ramp schedules, got {type(ramp).__name__}")
+            if ramp.layers == "hidden" and n_layers < 2:
+                raise ValueError(f"a ramp of {ramp.param} on the hidden layers needs a network "
+                                 "with hidden layers")
+            indices = {"hidden": range(n_layers - 1), "output": [n_layers - 1],
+                       "all": range(n_layers)}[ramp.layers]
+            for i in indices:
+                if owners.setdefault((ramp.param, i), ramp) is not ramp:
+                    raise ValueError(f"two ramps set {ramp.param} of layer {i}")
+        if anchor_rho is not None and any(r.param == "rho" and r.layers != "output"
+                                          for r in self.ramps):
+            raise ValueError("anchor_rho and a ramp of rho on the hidden layers both set their ρ")
         self.model, self.tau_max, self.r_step, self.pasp = model, tau_max, r_step, pasp
         self.eval_bayes = eval_bayes
         self.method = method or model.bp_layers[0].algo
@@ -142,6 +229,10 @@ class MessagePassingTrainer:
             if x.shape[0] or part == "train":
                 model.check_labels(y, model.check_inputs(x).shape[0])
         return data
+
+    def begin_epoch(self, epoch: int) -> None:
+        for ramp in self.ramps:
+            ramp.apply(self.model.bp_layers, epoch)
 
     def step(self, x: Tensor, y: Tensor) -> Tensor:
         return self.model.bp_step(x, y, tau_max=self.tau_max, pasp=self.pasp, r_step=self.r_step,
@@ -243,13 +334,14 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
         tau_max: int = 1, r_step: float = 0.0, seed: int = 0, run_dir: str | None = None,
         config: dict | None = None, resume: bool = False, progress: bool = True,
         eval_bayes: bool = True, method: str | None = None, test_data=None,
-        extra_eval: Callable[[], dict] | None = None, overwrite: bool = False) -> list[dict]:
+        extra_eval: Callable[[], dict] | None = None, overwrite: bool = False,
+        ramps: Sequence[Ramp] = ()) -> list[dict]:
     """Trains a model (by message passing) or any :class:`Trainer`, and returns one metrics row
     per epoch.
 
     Args:
         model: a BPSequential (trained by :class:`MessagePassingTrainer` with tau_max, r_step,
-            eval_bayes, method), or a Trainer (a gradient baseline, or your own).
+            eval_bayes, method, ramps), or a Trainer (a gradient baseline, or your own).
         data: a :class:`~bpkernels.data.Dataset`; or the training set as a pair of tensors
             (x [P, ...], y [P]), a map-style torch Dataset or a DataLoader of (x, y) pairs,
             with ``test_data`` the test set in any of these forms (see
@@ -276,7 +368,10 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
     """
     full_batch = batch_size is None
     if isinstance(model, BPSequential):
-        trainer = MessagePassingTrainer(model, tau_max, r_step, not full_batch, eval_bayes, method)
+        trainer = MessagePassingTrainer(model, tau_max, r_step, not full_batch, eval_bayes, method,
+                                        ramps=ramps)
+    elif ramps:
+        raise ValueError("ramps schedule message passing: give them to your trainer, not to fit")
     else:
         trainer = model
     device = trainer.device
@@ -291,6 +386,8 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
                       full_batch=full_batch, tau_max=tau_max, r_step=r_step, seed=seed,
                       dataset_name=data.name, device=str(model.device), dtype=str(model.dtype),
                       method=trainer.method)
+        if ramps:  # only then, so that runs from before ramps existed still resume
+            config["ramps"] = [asdict(ramp) for ramp in ramps]
     data_parallel = DataParallel.current()
     world_size = data_parallel.world_size if data_parallel else 1
     config = dict(config or {}, world_size=world_size,
@@ -329,6 +426,7 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
             torch.cuda.reset_peak_memory_stats(device)
         _synchronize(device)
         t0, c0 = time.perf_counter(), time.process_time()
+        trainer.begin_epoch(epoch)
         stats = []
         bar = tqdm(range(n_batches), desc=f"{trainer.method} epoch {epoch}/{epochs}",
                    disable=not progress, leave=False, unit="batch")

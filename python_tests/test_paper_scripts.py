@@ -14,6 +14,8 @@ import pytest
 
 from test_datasets import make_mnist
 
+from bpkernels.runlog import load_checkpoint
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow
 
@@ -81,12 +83,20 @@ def test_sparsity(tmp_path):
 
 
 def test_beyond(tmp_path):
-    run_script("beyond", tmp_path, "--configs", "default", "tau2")
-    rows = check_outputs(tmp_path / "out", "beyond", 2)
+    run_script("beyond", tmp_path, "--configs", "default", "tau2", "psi-ramp0.95")
+    rows = check_outputs(tmp_path / "out", "beyond", 3)
     assert [r["configuration"] for r in rows] == ["AMP 2×501, library defaults",
-                                                  "AMP 2×501, τ_max = 2"]
+                                                  "AMP 2×501, τ_max = 2",
+                                                  "AMP 2×501, ψ 0.8 → 0.95 over the run"]
     for r in rows:  # an ensemble of one seed is that seed's network
         assert float(r["ensemble of 1 point-wise %"]) == float(r["point-wise test error %"].split(" ± ")[0])
         assert float(r["ensemble of 1 Bayesian %"]) == float(r["Bayesian test error %"].split(" ± ")[0])
     logs = tmp_path / "out" / "logs"
-    assert sorted(os.listdir(logs)) == ["amp-default-seed0.jsonl", "amp-tau2-seed0.jsonl"]
+    assert sorted(os.listdir(logs)) == ["amp-default-seed0.jsonl", "amp-psi-ramp0.95-seed0.jsonl",
+                                        "amp-tau2-seed0.jsonl"]
+    # the ramp spans the run's one epoch, so that epoch ran at its end value
+    state = load_checkpoint(str(tmp_path / "runs" / "mnist" / "amp-psi-ramp0.95" / "seed0" /
+                                "checkpoint.pt"))
+    assert state["config"]["ramps"] == [dict(param="psi", start=0.8, end=0.95, epochs=1,
+                                             layers="all")]
+    assert {spec["psi"] for spec in state["trainer"]["model_config"]} == {0.95}

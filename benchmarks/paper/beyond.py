@@ -8,7 +8,11 @@ default AMP, with the ensemble over seeds that message passing gives nearly for 
   the paper's Fig. 2);
 * more damping, ψ = 0.9 on every layer;
 * two inner message-passing iterations per mini-batch (τ_max = 2);
-* a wider net, 2×1001, and a deeper one, 3×501.
+* a wider net, 2×1001, and a deeper one, 3×501;
+* per-layer damping: ψ = 0.9 on the hidden layers only, or on the output layer only;
+* schedules over the run (:class:`bpkernels.Ramp`, linear from the first epoch to the last):
+  ψ of every layer 0.8 → 0.95 or 0.8 → 0.99, ρ of the hidden layers 1 → 1.0002, ρ of the
+  output layer 0.9 → 0.99.
 
 For each configuration: point-wise and Bayesian test error at the last epoch (mean ± std over
 seeds), and the ensemble of the seeds' final networks (:func:`bpkernels.ensemble_predict`: the
@@ -17,7 +21,8 @@ mean of their output scores, point-wise preactivations or Bayesian output means)
     python benchmarks/paper/beyond.py --epochs 100 --seeds 3
     python benchmarks/paper/beyond.py --epochs 15 --seeds 2 --configs default tau2
 
-Start it again with the same options to continue interrupted runs (or with more --epochs).
+Start it again with the same options to continue interrupted runs (or with more --epochs; a
+scheduled configuration spans the run's epochs, so its runs refuse a longer --epochs).
 """
 
 from __future__ import annotations
@@ -28,34 +33,49 @@ from paper_common import (Clock, budget_note, finish_figure, fmt, keep_log, load
                           parser, plot_test_errors, pyplot, run_message_passing, setup,
                           write_table)
 
-from bpkernels import ensemble_predict, fit, mlp
+from bpkernels import Ramp, ensemble_predict, fit, mlp
 from bpkernels.runlog import CHECKPOINT
 from bpkernels.train import load_model
 
-# name: (label, hidden sizes, options of mlp, τ_max)
+# name: (label, hidden sizes, options of mlp, τ_max, ramps written param:start:end:{epochs}[:layers],
+# where {epochs} becomes the run's --epochs)
 CONFIGS = {
-    "default": ("AMP 2×501, library defaults", [501, 501], {}, 1),
-    "rho0.9999": ("AMP 2×501, ρ = 0.9999 hidden", [501, 501], {"rho": [0.9999, 0.9999, 0.9]}, 1),
-    "psi0.9": ("AMP 2×501, ψ = 0.9", [501, 501], {"psi": 0.9}, 1),
-    "tau2": ("AMP 2×501, τ_max = 2", [501, 501], {}, 2),
-    "wide": ("AMP 2×1001", [1001, 1001], {}, 1),
-    "deep": ("AMP 3×501", [501, 501, 501], {}, 1),
+    "default": ("AMP 2×501, library defaults", [501, 501], {}, 1, []),
+    "rho0.9999": ("AMP 2×501, ρ = 0.9999 hidden", [501, 501], {"rho": [0.9999, 0.9999, 0.9]}, 1, []),
+    "psi0.9": ("AMP 2×501, ψ = 0.9", [501, 501], {"psi": 0.9}, 1, []),
+    "tau2": ("AMP 2×501, τ_max = 2", [501, 501], {}, 2, []),
+    "wide": ("AMP 2×1001", [1001, 1001], {}, 1, []),
+    "deep": ("AMP 3×501", [501, 501, 501], {}, 1, []),
+    "psi-hidden0.9": ("AMP 2×501, ψ = 0.9 hidden, 0.8 output", [501, 501],
+                      {"psi": [0.9, 0.9, 0.8]}, 1, []),
+    "psi-output0.9": ("AMP 2×501, ψ = 0.8 hidden, 0.9 output", [501, 501],
+                      {"psi": [0.8, 0.8, 0.9]}, 1, []),
+    "psi-ramp0.95": ("AMP 2×501, ψ 0.8 → 0.95 over the run", [501, 501], {}, 1,
+                     ["psi:0.8:0.95:{epochs}"]),
+    "psi-ramp0.99": ("AMP 2×501, ψ 0.8 → 0.99 over the run", [501, 501], {}, 1,
+                     ["psi:0.8:0.99:{epochs}"]),
+    "rho-ramp": ("AMP 2×501, ρ hidden 1 → 1.0002 over the run", [501, 501], {}, 1,
+                 ["rho:1.0:1.0002:{epochs}:hidden"]),
+    "rho-out-ramp": ("AMP 2×501, ρ output 0.9 → 0.99 over the run", [501, 501], {}, 1,
+                     ["rho:0.9:0.99:{epochs}:output"]),
 }
 GOAL = "the goal on 2×501: point-wise ≤ 11.5 %, Bayesian ≤ 11.0 % test error"
 
 
 def train(args, data, name: str, seed: int) -> list[dict]:
-    _, hidden, options, tau_max = CONFIGS[name]
+    _, hidden, options, tau_max, ramp_texts = CONFIGS[name]
+    ramps = [Ramp.parse(text.format(epochs=args.epochs)) for text in ramp_texts]
     run_dir = run_folder(args, name, seed)
     model = mlp([data.train_x.shape[1], *hidden, data.num_classes], algo=args.algo, seed=seed,
                 device=args.device, **options)
     config = dict(method=args.algo, dataset=args.dataset, task="10class", subset=args.subset,
                   test_subset=args.test_subset, experiment="beyond", beyond=name)
-    if tau_max == 1:
+    if tau_max == 1 and not ramps:
         return run_message_passing(model, data, args, run_dir, seed, eval_bayes=True, config=config)
     return fit(model, data, epochs=args.epochs, batch_size=128, tau_max=tau_max, seed=seed,
                run_dir=run_dir, config=config, resume=os.path.exists(os.path.join(run_dir, CHECKPOINT)),
-               progress=args.progress, eval_bayes=True, method=args.algo, overwrite=True)
+               progress=args.progress, eval_bayes=True, method=args.algo, overwrite=True,
+               ramps=ramps)
 
 
 def run_folder(args, name: str, seed: int) -> str:
