@@ -57,6 +57,12 @@ def test_table1(tmp_path):
     binarynet = next(r for r in rows if r["method"] == "BinaryNet (paper)" and r["task"] == "10 classes")
     assert binarynet["paper test error %"] == "2.2 ± 0.1"  # MNIST, 10 classes
     assert binarynet["within the paper's error bars"] in ("yes", "no")
+    assert binarynet["Bayesian test error %"] == binarynet["ensemble of 1 seeds: point-wise / Bayesian %"] == ""
+    for r in rows:  # message passing: an ensemble of one seed is that seed's final network
+        if r["method"] in ("AMP", "MF", "BPI"):
+            point, bayes = r["ensemble of 1 seeds: point-wise / Bayesian %"].split(" / ")
+            assert float(point) == float(r["test error %"].split(" ± ")[0])
+            assert float(bayes) == float(r["Bayesian test error %"].split(" ± ")[0])
     assert len(os.listdir(out / "logs")) == 10
     log = out / "logs" / "evenodd-amp-seed0.jsonl"
     first = log.read_text().splitlines()

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import os
 
-from paper_common import (Clock, budget_note, finish_figure, fmt, keep_log, load, mean_std,
-                          parser, plot_test_errors, pyplot, run_message_passing, setup,
-                          write_table)
+from paper_common import (Clock, budget_note, final_networks, finish_figure, fmt, keep_log,
+                          load, mean_std, parser, plot_test_errors, pyplot, run_message_passing,
+                          setup, write_table)
 
-from bpkernels import Ramp, ensemble_predict, fit, mlp
+from bpkernels import Ramp, fit, mlp
 from bpkernels.runlog import CHECKPOINT
-from bpkernels.train import load_model
 
 # name: (label, hidden sizes, options of mlp, τ_max, ramps written param:start:end:{epochs}[:layers],
 # where {epochs} becomes the run's --epochs)
@@ -82,15 +81,6 @@ def run_folder(args, name: str, seed: int) -> str:
     return os.path.join(args.runs, args.dataset, f"{args.algo}-{name}", f"seed{seed}")
 
 
-def ensemble_errors(args, data, name: str) -> tuple[float, float]:
-    """Point-wise and Bayesian test error (%) of the ensemble of the seeds' final networks."""
-    models = [load_model(os.path.join(run_folder(args, name, seed), CHECKPOINT), args.device)[0]
-              for seed in range(args.seeds)]
-    y = data.test_y.to(args.device)
-    return tuple(100 * float((ensemble_predict(models, data.test_x.to(args.device), mode) != y)
-                             .double().mean()) for mode in ("pointwise", "bayes"))
-
-
 def main(argv=None) -> int:
     p = parser("beyond", __doc__)
     p.add_argument("--algo", default="amp", help="message-passing variant (default amp)")
@@ -113,7 +103,9 @@ def main(argv=None) -> int:
               "point-wise train error %", "seconds per epoch"]
     table = []
     for name, runs in results.items():
-        ens_point, ens_bayes = ensemble_errors(args, data, name)
+        final = final_networks([run_folder(args, name, seed) for seed in range(args.seeds)], data,
+                               args.device)
+        ens_point, ens_bayes = 100 * final["ensemble_pointwise"], 100 * final["ensemble_bayes"]
         seconds = [r["seconds"] for rows in runs for r in rows]
         table.append([CONFIGS[name][0], fmt(mean_std([r[-1]["test_error"] for r in runs])),
                       fmt(mean_std([r[-1]["test_error_bayes"] for r in runs])),

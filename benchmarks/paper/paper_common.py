@@ -23,8 +23,9 @@ import torch  # noqa: E402
 from benchmarks.common import device_name, git_commit  # noqa: E402
 from bpkernels import data as datasets  # noqa: E402
 from bpkernels.baselines import train_baseline  # noqa: E402
+from bpkernels import ensemble_predict  # noqa: E402
 from bpkernels.runlog import CHECKPOINT  # noqa: E402
-from bpkernels.train import fit  # noqa: E402
+from bpkernels.train import fit, load_model  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results",
                        "paper")
@@ -93,6 +94,22 @@ def run_baseline(method: str, data, args, run_dir: str, seed: int, hidden: list[
                           resume=_resume(run_dir), preset=preset, overwrite=True, **options)
 
 
+def final_networks(run_dirs: list[str], data, device) -> dict:
+    """The final networks of message-passing runs (their checkpoints), on the test set: each
+    one's Bayesian error, and the point-wise and Bayesian errors of their ensemble (the mean of
+    the members' output scores, :func:`bpkernels.ensemble_predict`), as fractions."""
+    models = [load_model(os.path.join(run_dir, CHECKPOINT), device)[0] for run_dir in run_dirs]
+    x, y = data.test_x.to(device), data.test_y.to(device)
+
+    def error(members, mode: str) -> float:
+        pred = ensemble_predict(members, x, mode)
+        return float((pred != y.to(pred.dtype)).double().mean())
+
+    return {"bayes": [error([m], "bayes") for m in models],
+            "ensemble_pointwise": error(models, "pointwise"),
+            "ensemble_bayes": error(models, "bayes")}
+
+
 def keep_log(args, run_dir: str, name: str) -> None:
     """Copies the run's metrics.jsonl to <out>/logs/<name>.jsonl (the committed log)."""
     os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
@@ -149,7 +166,7 @@ def write_table(args, name: str, header: list[str], rows: list[list[str]], note:
                 footer: str = "") -> None:
     """<out>/<name>.md (note, table, footer) and <out>/<name>.csv."""
     with open(os.path.join(args.out, f"{name}.csv"), "w") as f:
-        f.write(",".join(header) + "\n")
+        f.write(",".join(_csv(c) for c in header) + "\n")
         f.write("".join(",".join(_csv(c) for c in row) + "\n" for row in rows))
     with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write(note + "\n| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n")
