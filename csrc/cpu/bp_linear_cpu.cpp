@@ -10,6 +10,7 @@
 
 #include "bpkernels/binary_bp.h"
 #include "checks.h"
+#include "cpu/cavity_loop.h"
 #include "cpu/coef_rows.h"
 #include "cpu/isa.h"
 
@@ -149,56 +150,8 @@ at::Tensor argmax_output_cpu(const at::Tensor& omega, const at::Tensor& var,
 
 // ---- fused BPI cavity backward ------------------------------------------------------------
 //
-// For each weight (k, i) and sample a, with ĝ[k,i,a] = g(b_top[a,k], ω[a,k] − m[k,i] x̂[a,i], s[a,k]):
-//   H_in[k,i] = Σ_a ĝ[k,i,a] x̂[a,i],    b[a,i] = Σ_k m[k,i] ĝ[k,i,a].
-// ĝ lives in registers only. Threads own disjoint tiles of inputs i, so both reductions are
-// race-free and deterministic; inside a tile the loop runs k outer, i, then a innermost over
-// contiguous [·, B] rows (coefficients of unit k, x̂ and b of input i), vectorised by omp simd.
-
-template <typename T, bool kHard, bool kComputeB>
-BPK_ALWAYS_INLINE void bpi_cavity_tile(int64_t i0, int64_t i1, int64_t K, int64_t N, int64_t B,
-                                       const CoefRows<T>& rows,
-                                       const T* x_t,  // [N, B]
-                                       const T* mag,  // [K, N]
-                                       T* b_t,        // [N, B], accumulated
-                                       T* h_in) {     // [K, N]
-  for (int64_t k = 0; k < K; ++k) {
-    const T* alpha = rows.alpha.data() + k * B;
-    const T* c = rows.c.data() + k * B;
-    const T* num = rows.num.data() + k * B;
-    const T* om = rows.omega.data() + k * B;
-    for (int64_t i = i0; i < i1; ++i) {
-      const T m = mag[k * N + i];
-      const T* x = x_t + i * B;
-      T* bi = b_t + i * B;
-      T acc = 0;
-#pragma omp simd reduction(+ : acc)
-      for (int64_t a = 0; a < B; ++a) {
-        const T omega_cav = cavity_omega(om[a], m, x[a]);
-        const T g_cav = kHard ? output_g_hard(alpha[a], num[a], omega_cav)
-                              : output_g(alpha[a], c[a], num[a], omega_cav);
-        acc += g_cav * x[a];
-        if (kComputeB) bi[a] += m * g_cav;
-      }
-      h_in[k * N + i] = acc;
-    }
-  }
-}
-
-template <typename T, bool kHard, bool kComputeB>
-void bpi_cavity(int64_t K, int64_t N, int64_t B, const CoefRows<T>& rows, const T* x_t,
-                const T* mag, T* b_t, T* h_in) {
-  // Tile of inputs: keeps the x̂ and b rows of the tile (2 · tile · B values) in L1/L2.
-  const int64_t tile = std::max<int64_t>(1, std::min<int64_t>(16, 2048 / B));
-  const CpuIsa isa = cpu_isa();
-  at::parallel_for(0, N, tile, [&](int64_t begin, int64_t end) {
-    for (int64_t i0 = begin; i0 < end; i0 += tile) {
-      const int64_t i1 = std::min(end, i0 + tile);
-      BPK_ISA_DISPATCH(isa, bpi_cavity_tile<T, kHard, kComputeB>(i0, i1, K, N, B, rows, x_t,
-                                                                  mag, b_t, h_in));
-    }
-  });
-}
+// H_in[k,i] = Σ_a ĝ[k,i,a] x̂[a,i] and b[a,i] = Σ_k m[k,i] ĝ[k,i,a] in one pass over the weights
+// (the loop and its layout: cpu/cavity_loop.h).
 
 std::tuple<at::Tensor, at::Tensor> linear_bwd_bpi_cpu(const at::Tensor& b_top,
                                                       const at::Tensor& omega,
@@ -223,10 +176,7 @@ std::tuple<at::Tensor, at::Tensor> linear_bwd_bpi_cpu(const at::Tensor& b_top,
     const scalar_t* pm = mc.const_data_ptr<scalar_t>();
     scalar_t* ph = h_in.mutable_data_ptr<scalar_t>();
     scalar_t* pb = compute_b ? b_t.mutable_data_ptr<scalar_t>() : nullptr;
-    if (hard && compute_b) bpi_cavity<scalar_t, true, true>(K, N, B, rows, px, pm, pb, ph);
-    if (hard && !compute_b) bpi_cavity<scalar_t, true, false>(K, N, B, rows, px, pm, pb, ph);
-    if (!hard && compute_b) bpi_cavity<scalar_t, false, true>(K, N, B, rows, px, pm, pb, ph);
-    if (!hard && !compute_b) bpi_cavity<scalar_t, false, false>(K, N, B, rows, px, pm, pb, ph);
+    cavity_backward<scalar_t, false>(hard, compute_b, K, N, B, rows, px, pm, pb, ph);
   });
   at::Tensor b = compute_b ? b_t.t().contiguous() : x_hat.new_empty({B, 0});
   return {b, h_in};

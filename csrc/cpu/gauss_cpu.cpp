@@ -13,6 +13,7 @@
 #include "bpkernels/binary_bp.h"
 #include "bpkernels/gaussian_bp.h"
 #include "checks.h"
+#include "cpu/cavity_loop.h"
 #include "cpu/coef_rows.h"
 #include "cpu/isa.h"
 
@@ -21,11 +22,9 @@ namespace {
 
 // ---- fused continuous-weight BPI backward ---------------------------------------------------
 //
-// For each weight (k, i) and sample a, with ĝ[k,i,a] = g(b_top[a,k], ω[a,k] − m[k,i] x̂[a,i], s[a,k]):
-//   H_in[k,i] = Σ_a ĝ[k,i,a] x̂[a,i],    b[a,i] = Σ_k m[k,i] ĝ[k,i,a],
-//   Ω_in[k,i] = Σ_a [(x̂² + Δ)[a,i] Γ[a,k] − Δ[a,i] g[a,k]²]   (g, Γ non-cavity).
-// The BPI kernel's layout: threads own disjoint tiles of inputs i (race-free, deterministic);
-// inside a tile k outer, i, then a innermost over contiguous [·, B] rows, vectorised by omp simd.
+// H_in, b and the precision message Ω_in[k,i] = Σ_a [(x̂² + Δ)[a,i] Γ[a,k] − Δ[a,i] g[a,k]²]
+// (g, Γ non-cavity) in one pass over the weights: BPI's loop with one more accumulator
+// (cpu/cavity_loop.h).
 
 // Per-(unit, sample) rows [K, B] of the non-cavity Γ (non-finite -> 0) and g².
 template <typename T>
@@ -50,62 +49,6 @@ PrecisionRows<T> make_precision_rows(const CoefRows<T>& rows, const T* var, int6
     }
   });
   return p;
-}
-
-template <typename T, bool kHard, bool kComputeB>
-BPK_ALWAYS_INLINE void cbpi_cavity_tile(int64_t i0, int64_t i1, int64_t K, int64_t N, int64_t B,
-                                        const CoefRows<T>& rows, const PrecisionRows<T>& prec,
-                                        const T* x_t,    // [N, B]
-                                        const T* xx_t,   // [N, B], x̂² + Δ
-                                        const T* d_t,    // [N, B], Δ
-                                        const T* mag,    // [K, N]
-                                        T* b_t,          // [N, B], accumulated
-                                        T* h_in,         // [K, N]
-                                        T* omega_in) {   // [K, N]
-  for (int64_t k = 0; k < K; ++k) {
-    const T* alpha = rows.alpha.data() + k * B;
-    const T* c = rows.c.data() + k * B;
-    const T* num = rows.num.data() + k * B;
-    const T* om = rows.omega.data() + k * B;
-    const T* gamma = prec.gamma.data() + k * B;
-    const T* g2 = prec.g2.data() + k * B;
-    for (int64_t i = i0; i < i1; ++i) {
-      const T m = mag[k * N + i];
-      const T* x = x_t + i * B;
-      const T* xx = xx_t + i * B;
-      const T* dd = d_t + i * B;
-      T* bi = b_t + i * B;
-      T acc_h = 0, acc_p = 0;
-#pragma omp simd reduction(+ : acc_h, acc_p)
-      for (int64_t a = 0; a < B; ++a) {
-        const T omega_cav = cavity_omega(om[a], m, x[a]);
-        const T g_cav = kHard ? output_g_hard(alpha[a], num[a], omega_cav)
-                              : output_g(alpha[a], c[a], num[a], omega_cav);
-        acc_h += g_cav * x[a];
-        acc_p += precision_message_term(xx[a], dd[a], gamma[a], g2[a]);
-        if (kComputeB) bi[a] += m * g_cav;
-      }
-      h_in[k * N + i] = acc_h;
-      omega_in[k * N + i] = acc_p;
-    }
-  }
-}
-
-template <typename T, bool kHard, bool kComputeB>
-void cbpi_cavity(int64_t K, int64_t N, int64_t B, const CoefRows<T>& rows,
-                 const PrecisionRows<T>& prec, const T* x_t, const T* xx_t, const T* d_t,
-                 const T* mag, T* b_t, T* h_in, T* omega_in) {
-  // Tile of inputs: keeps the x̂, x̂² + Δ, Δ and b rows of the tile in L1/L2.
-  const int64_t tile = std::max<int64_t>(1, std::min<int64_t>(16, 1024 / B));
-  const CpuIsa isa = cpu_isa();
-  at::parallel_for(0, N, tile, [&](int64_t begin, int64_t end) {
-    for (int64_t i0 = begin; i0 < end; i0 += tile) {
-      const int64_t i1 = std::min(end, i0 + tile);
-      BPK_ISA_DISPATCH(isa, cbpi_cavity_tile<T, kHard, kComputeB>(
-                                i0, i1, K, N, B, rows, prec, x_t, xx_t, d_t, mag, b_t, h_in,
-                                omega_in));
-    }
-  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gauss_linear_bwd_cbpi_cpu(
@@ -137,15 +80,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gauss_linear_bwd_cbpi_cpu(
     scalar_t* ph = h_in.mutable_data_ptr<scalar_t>();
     scalar_t* pw = omega_in.mutable_data_ptr<scalar_t>();
     scalar_t* pb = compute_b ? b_t.mutable_data_ptr<scalar_t>() : nullptr;
-if (hard && compute_b) {
-      cbpi_cavity<scalar_t, true, true>(K, N, B, rows, prec, px, pxx, pd, pm, pb, ph, pw);
-    } else if (hard) {
-      cbpi_cavity<scalar_t, true, false>(K, N, B, rows, prec, px, pxx, pd, pm, pb, ph, pw);
-    } else if (compute_b) {
-      cbpi_cavity<scalar_t, false, true>(K, N, B, rows, prec, px, pxx, pd, pm, pb, ph, pw);
-    } else {
-      cbpi_cavity<scalar_t, false, false>(K, N, B, rows, prec, px, pxx, pd, pm, pb, ph, pw);
-    }
+    const PrecisionTerms<scalar_t> terms{prec.gamma.data(), prec.g2.data(), pxx, pd, pw};
+    cavity_backward<scalar_t, true>(hard, compute_b, K, N, B, rows, px, pm, pb, ph, terms);
   });
   at::Tensor b = compute_b ? b_t.t().contiguous() : x_hat.new_empty({B, 0});
   return {b, h_in, omega_in};
