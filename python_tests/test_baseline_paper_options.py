@@ -12,7 +12,7 @@ import torch
 
 from bpkernels import cli, data, mlp
 from bpkernels.baselines import make_trainer, method_options, train_baseline
-from bpkernels.baselines.common import message_passing_masks
+from bpkernels.baselines.binarynet import message_passing_masks
 
 
 def small_data(task_classes=3):

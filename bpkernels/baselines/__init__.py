@@ -23,8 +23,8 @@ from ..arch import parse_arch
 from ..data import Dataset
 from ..train import fit
 from .bayesbinn import BayesBiNN, BayesBiNNTrainer, log_gumbel_scale
-from .common import (BaselineTrainer, BinaryNet, SignSTE, WeightSTE,
-                     proxy_derivative, reestimated_bn, sign_pm)
+from .binarynet import BinaryNet, SignSTE, WeightSTE, proxy_derivative, sign_pm
+from .common import BaselineTrainer, reestimated_bn
 from .st import STTrainer
 from .ste import STETrainer
 

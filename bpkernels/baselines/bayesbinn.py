@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
-from .common import (COMMON_DEFAULTS, MC_DEFAULTS, BaselineTrainer, logistic_noise, loss_fn,
-                     schedule_factor, sign_pm)
+from .binarynet import logistic_noise, loss_fn, sign_pm
+from .common import COMMON_DEFAULTS, MC_DEFAULTS, BaselineTrainer, schedule_factor
 
 ESTIMATORS = ("st", "gumbel", "published", "mean")
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import MC_DEFAULTS, WeightSTE, logistic_noise, sign_pm
+from .binarynet import WeightSTE, logistic_noise, sign_pm
+from .common import MC_DEFAULTS
 from .ste import STETrainer
 
 WEIGHT_NOISES = ("logistic", "uniform", "none")

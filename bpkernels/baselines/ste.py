@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LambdaLR
 
-from .common import (COMMON_DEFAULTS, BaselineTrainer, WeightSTE, fans, glorot_factor, loss_fn,
-                     schedule_factor)
+from .binarynet import WeightSTE, fans, loss_fn
+from .common import COMMON_DEFAULTS, BaselineTrainer, glorot_factor, schedule_factor
 
 OPTIMIZERS = ("adam", "sgd")
 
