@@ -4,6 +4,7 @@ also continued for a second epoch from its run folders."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -106,3 +107,18 @@ def test_beyond(tmp_path):
     assert state["config"]["ramps"] == [dict(param="psi", start=0.8, end=0.95, epochs=1,
                                              layers="all")]
     assert {spec["psi"] for spec in state["trainer"]["model_config"]} == {0.95}
+
+
+def test_budget_note_at_the_papers_budget():
+    """Fewer seeds than the paper at its epochs and data is said, not called a reduced budget."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks", "paper"))
+    import paper_common
+
+    args = argparse.Namespace(epochs=100, seeds=3, subset=None, test_subset=None,
+                              dataset="fashion-mnist", device="cpu", threads=1, beside="")
+    note = paper_common.budget_note(args, "table1", 60.0, [[{"seconds": 1.0}]])
+    assert "The paper's budget: 100 epochs on all examples; 3 seed(s) instead of the paper's 5." in note
+    assert "Reduced budget" not in note and "do not reproduce" not in note
+    args.epochs = 10
+    assert "**Reduced budget**: 10 epoch(s) instead of 100; 3 seed(s) instead of the paper's 5." in \
+        paper_common.budget_note(args, "table1", 60.0, [[{"seconds": 1.0}]])

@@ -140,8 +140,8 @@ def budget_note(args, experiment: str, seconds: float, runs: list[list[dict]]) -
     reduced = []
     if args.epochs < PAPER_EPOCHS:
         reduced.append(f"{args.epochs} epoch(s) instead of {PAPER_EPOCHS}")
-    if args.seeds < PAPER_SEEDS:
-        reduced.append(f"{args.seeds} seed(s) instead of the paper's {PAPER_SEEDS}")
+    seeds = f"{args.seeds} seed(s)" + (f" instead of the paper's {PAPER_SEEDS}"
+                                       if args.seeds < PAPER_SEEDS else "")
     if args.subset:
         reduced.append(f"{args.subset} training examples instead of all")
     if args.test_subset:
@@ -150,9 +150,9 @@ def budget_note(args, experiment: str, seconds: float, runs: list[list[dict]]) -
              f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by "
              f"commit {git_commit()}.",
              "",
-             ("**Reduced budget**: " + "; ".join(reduced) + ". These numbers do not reproduce the "
-              "paper; they check that the pipeline runs.") if reduced else
-             f"Full budget: {args.epochs} epochs, all examples, {args.seeds} seeds.",
+             ("**Reduced budget**: " + "; ".join(reduced + [seeds]) + ". These numbers do not "
+              "reproduce the paper; they check that the pipeline runs.") if reduced else
+             f"The paper's budget: {args.epochs} epochs on all examples; {seeds}.",
              "",
              f"Machine: {device_name(args.device)}, {platform.machine()}, torch {torch.__version__}, "
              f"{args.threads} thread(s); wall time of this invocation {seconds / 60:.1f} min, "
