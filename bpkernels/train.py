@@ -120,9 +120,9 @@ class Ramp:
         lo, hi = self.PARAMS[self.param]
         for name in ("start", "end"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and lo <= value <= hi):
-                raise ValueError(f"ramp of {self.param}: {name} must lie in [{lo}, {hi}], "
-                                 f"got {value!r}")
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi):
+                raise ValueError(f"ramp of {self.param}: {name} must be finite and lie in "
+                                 f"[{lo}, {hi}], got {value!r}")
         if not (isinstance(self.epochs, int) and self.epochs >= 1):
             raise ValueError(f"ramp of {self.param}: epochs must be an integer >= 1, "
                              f"got {self.epochs!r}")

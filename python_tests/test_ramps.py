@@ -21,8 +21,10 @@ def test_ramp_values_are_linear_then_held():
 @pytest.mark.parametrize("text, message", [
     ("psi:0.8:0.9", "param:start:end:epochs"),
     ("psi:a:0.9:3", "numbers"),
-    ("psi:0.8:1.5:3", "end must lie in"),
-    ("rho:-1:1:3", "start must lie in"),
+    ("psi:0.8:1.5:3", "end must be finite and lie in"),
+    ("rho:-1:1:3", "start must be finite and lie in"),
+    ("rho:1:inf:3", "end must be finite"),
+    ("psi:nan:0.9:3", "start must be finite"),
     ("tau:1:2:3", "one of"),
     ("psi:0.8:0.9:0", "epochs must be"),
     ("psi:0.8:0.9:3:middle", "layers must be one of"),
@@ -105,4 +107,4 @@ def test_cli_ramp_is_recorded_and_validated(tmp_path, capsys):
             if spec["type"] != "flatten"] == [0.9, 0.9]
     with pytest.raises(SystemExit):
         cli.main(["train", "--ramp", "psi:0.5:2:2"])
-    assert "end must lie in" in capsys.readouterr().err
+    assert "end must be finite and lie in" in capsys.readouterr().err
