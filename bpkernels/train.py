@@ -148,12 +148,16 @@ class Ramp:
         t = 1.0 if self.epochs == 1 else min(max(epoch - 1, 0) / (self.epochs - 1), 1.0)
         return self.start + t * (self.end - self.start)
 
+    def layer_indices(self, n_layers: int) -> range:
+        """The indices of the layers it sets in a network of ``n_layers`` BP layers."""
+        return {"hidden": range(n_layers - 1), "output": range(n_layers - 1, n_layers),
+                "all": range(n_layers)}[self.layers]
+
     def apply(self, layers: Sequence, epoch: int) -> None:
         """Sets the hyper-parameter of the chosen layers of ``layers`` (a network's BP layers,
         the output last) for ``epoch``."""
-        chosen = {"hidden": layers[:-1], "output": layers[-1:], "all": layers}[self.layers]
-        for layer in chosen:
-            setattr(layer, self.param, self.value(epoch))
+        for i in self.layer_indices(len(layers)):
+            setattr(layers[i], self.param, self.value(epoch))
 
 
 class MessagePassingTrainer:
@@ -198,9 +202,7 @@ class MessagePassingTrainer:
             if ramp.layers == "hidden" and n_layers < 2:
                 raise ValueError(f"a ramp of {ramp.param} on the hidden layers needs a network "
                                  "with hidden layers")
-            indices = {"hidden": range(n_layers - 1), "output": [n_layers - 1],
-                       "all": range(n_layers)}[ramp.layers]
-            for i in indices:
+            for i in ramp.layer_indices(n_layers):
                 if owners.setdefault((ramp.param, i), ramp) is not ramp:
                     raise ValueError(f"two ramps set {ramp.param} of layer {i}")
         if anchor_rho is not None and any(r.param == "rho" and r.layers != "output"

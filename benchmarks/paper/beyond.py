@@ -33,8 +33,7 @@ from paper_common import (Clock, budget_note, final_networks, finish_figure, fmt
                           load, mean_std, parser, plot_test_errors, pyplot, run_message_passing,
                           setup, write_table)
 
-from bpkernels import Ramp, fit, mlp
-from bpkernels.runlog import CHECKPOINT
+from bpkernels import Ramp, mlp
 
 # name: (label, hidden sizes, options of mlp, τ_max, ramps written param:start:end:{epochs}[:layers],
 # where {epochs} becomes the run's --epochs)
@@ -69,12 +68,8 @@ def train(args, data, name: str, seed: int) -> list[dict]:
                 device=args.device, **options)
     config = dict(method=args.algo, dataset=args.dataset, task="10class", subset=args.subset,
                   test_subset=args.test_subset, experiment="beyond", beyond=name)
-    if tau_max == 1 and not ramps:
-        return run_message_passing(model, data, args, run_dir, seed, eval_bayes=True, config=config)
-    return fit(model, data, epochs=args.epochs, batch_size=128, tau_max=tau_max, seed=seed,
-               run_dir=run_dir, config=config, resume=os.path.exists(os.path.join(run_dir, CHECKPOINT)),
-               progress=args.progress, eval_bayes=True, method=args.algo, overwrite=True,
-               ramps=ramps)
+    return run_message_passing(model, data, args, run_dir, seed, eval_bayes=True, config=config,
+                               tau_max=tau_max, ramps=ramps)
 
 
 def run_folder(args, name: str, seed: int) -> str:
