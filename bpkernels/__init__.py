@@ -15,12 +15,13 @@ from .conv import BPConv2d
 from .gaussian import GaussianBPLinear
 from .layers import BPLayer, BPLinear, register_layer
 from .packed import export, load_packed
+from .pool import BPMaxPool2d
 from .sequential import BPSequential, ensemble_predict
 from .train import MessagePassingTrainer, Ramp, Trainer, evaluate, fit, load_model
 
 __version__ = "0.2.0"
 
-__all__ = ["ALGORITHMS", "Algorithm", "BPConv2d", "BPLayer", "BPLinear", "BPSequential",
+__all__ = ["ALGORITHMS", "Algorithm", "BPConv2d", "BPLayer", "BPLinear", "BPMaxPool2d", "BPSequential",
            "GaussianBPLinear",
            "MessagePassingTrainer", "Ramp", "Trainer", "build_arch", "data", "ensemble_predict", "evaluate",
            "export", "fit",

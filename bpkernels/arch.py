@@ -4,10 +4,10 @@ gradient baselines), ``build_arch`` for message-passing networks from such strin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -15,18 +15,20 @@ from torch import nn
 from .conv import BPConv2d
 from .gaussian import GaussianBPLinear
 from .layers import PSI_DEFAULT, BPLinear
+from .pool import BPMaxPool2d
 from .sequential import BPSequential
 
 _TOKEN = re.compile(r"conv(?P<k>\d+)k(?P<ks>\d+)(?:s(?P<s>\d+))?(?:p(?P<p>\d+))?"
-                    r"|flatten|dense(?P<n>\d+)")
+                    r"|maxpool(?P<pool>\d+)|flatten|dense(?P<n>\d+)")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class LayerSpec:
     """One weight layer of an architecture string: ``kind`` "conv" (weights [K, C, k, k]) or
     "dense" (weights [N, D]), with the per-sample shapes it maps, ``in_shape`` -> ``out_shape``
-    ((C, H, W) or (D,)). ``flatten_before``: the layer takes the flattened output of the one
-    below."""
+    ((C, H, W) or (D,); after the pooling, if any). ``flatten_before``: the layer takes the
+    flattened output of the one below. ``pool``: the side of the non-overlapping max-pooling
+    window applied to a conv layer's outputs (1: none)."""
 
     kind: str
     weight_shape: tuple[int, ...]
@@ -35,6 +37,7 @@ class LayerSpec:
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     flatten_before: bool
+    pool: int = 1
 
 
 def parse_arch(spec: str, num_classes: int = 10,
@@ -46,7 +49,7 @@ def parse_arch(spec: str, num_classes: int = 10,
     if not tokens or None in matches:
         bad = [t for t, m in zip(tokens, matches) if m is None]
         raise ValueError(f"bad architecture spec {spec!r}: cannot parse {bad}; expected tokens "
-                         "conv<K>k<k>[s<s>][p<p>], flatten, dense<N> joined by '-'")
+                         "conv<K>k<k>[s<s>][p<p>], maxpool<k>, flatten, dense<N> joined by '-'")
     if not tokens[-1].startswith("dense"):
         raise ValueError(f"architecture {spec!r} must end with the output layer dense<N>")
     n_out = 1 if num_classes == 2 else num_classes
@@ -54,6 +57,19 @@ def parse_arch(spec: str, num_classes: int = 10,
         raise ValueError(f"architecture {spec!r} must end with dense{n_out} for {num_classes} classes")
     shape, flatten, layers = tuple(input_shape), False, []
     for token, match in zip(tokens, matches):
+        if token.startswith("maxpool"):
+            k = int(match["pool"])
+            if not layers or layers[-1].kind != "conv" or layers[-1].pool != 1:
+                raise ValueError(f"architecture {spec!r}: {token} must follow a conv layer "
+                                 "(one pooling per conv layer)")
+            if k < 2:
+                raise ValueError(f"architecture {spec!r}: {token} needs a window of 2 or more")
+            if min(shape[1:]) < k:
+                raise ValueError(f"architecture {spec!r}: {token} does not fit a "
+                                 f"{shape[1]}×{shape[2]} image")
+            shape = (shape[0], shape[1] // k, shape[2] // k)
+            layers[-1] = dataclasses.replace(layers[-1], out_shape=shape, pool=k)
+            continue
         if token == "flatten" or (token.startswith("dense") and len(shape) > 1):
             shape, flatten = (math.prod(shape),), True
             if token == "flatten":
@@ -84,6 +100,8 @@ def build_arch(spec: str, algo: str = "bpi", num_classes: int = 10,
 
     * ``conv<K>k<k>[s<s>][p<p>]``: BPConv2d with K out channels, a k×k kernel, stride s
       (default 1) and zero padding p (default 0), e.g. ``conv32k3s2p1``;
+    * ``maxpool<k>``: BPMaxPool2d, k×k max pooling of the ±1 outputs of the conv layer before
+      it (stride k, no padding), e.g. ``conv32k5p2-maxpool2``;
     * ``flatten``: nn.Flatten (optional: inserted before the first dense layer after a conv);
     * ``dense<N>``: BPLinear with N units. The last layer must be dense, the output layer:
       ``dense<num_classes>`` (argmax), or ``dense1`` for num_classes = 2 (one sign unit).
@@ -116,6 +134,8 @@ def build_arch(spec: str, algo: str = "bpi", num_classes: int = 10,
             k, c, ks, _ = layer_spec.weight_shape
             layers.append(BPConv2d(c, k, ks, stride=layer_spec.stride, padding=layer_spec.padding,
                                    input_size=layer_spec.in_shape[1:], **hyper))
+            if layer_spec.pool > 1:
+                layers.append(BPMaxPool2d(layer_spec.pool))
         else:
             n, d = layer_spec.weight_shape
             layers.append(BPLinear(d, n, output=output if i == n_bp - 1 else None, **hyper))

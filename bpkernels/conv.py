@@ -20,7 +20,8 @@ hold edge by edge; summed:
 * the field/reinforcement/damping update is unchanged per weight (H_in now sums B·P terms, so
   conv layers polarise faster than dense ones; ρ may need retuning).
 
-Downsampling is by stride only (no pooling channel). ``algo="bp"`` runs at τ_max = 1, where BP
+Downsampling is by stride, or by a max-pooling channel after the layer
+(:class:`bpkernels.pool.BPMaxPool2d`, docs §9.1). ``algo="bp"`` runs at τ_max = 1, where BP
 is BPI (§4.3); its τ_max > 1 cavity state (K×C·R_k×B·P per layer) is not supported and raises.
 
 Two implementations, by variant:

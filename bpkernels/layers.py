@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from . import ops
 from .algorithms import BatchState, Weights, lookup
+from .pool import BPMaxPool2d
 
 OUTPUTS = (None, "sign", "argmax")
 PRIORS = ("pasp", "anchored", "field", "none")
@@ -58,13 +59,16 @@ def register_layer(kind: str):
 
 
 def layer_from_config(spec: dict, **factory) -> nn.Module:
-    """A layer from its config dict (``layer.config()``), or an nn.Flatten."""
+    """A layer from its config dict (``layer.config()``), an nn.Flatten or a BPMaxPool2d."""
     spec = dict(spec)
     kind = spec.pop("type")
     if kind == "flatten":
         return nn.Flatten(**spec)
+    if kind == BPMaxPool2d.kind:
+        return BPMaxPool2d(**spec)
     if kind not in LAYER_KINDS:
-        raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYER_KINDS)} and 'flatten'")
+        raise ValueError(f"unknown layer type {kind!r}; known: {sorted(LAYER_KINDS)}, "
+                         f"{BPMaxPool2d.kind!r} and 'flatten'")
     return LAYER_KINDS[kind](**spec, **factory)
 
 

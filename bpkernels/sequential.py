@@ -7,7 +7,8 @@ One call of :meth:`BPSequential.bp_step` is one posterior-as-prior mini-batch up
    updates (PasP θ = ρ·H by default) and empty downward messages (b, BP cavity state, AMP
    memory); H and m are never reset;
 2. τ_max times: a forward sweep (moments ω, V and up-fields u, layer by layer), a backward
-   sweep (output function, downward fields b and field messages H_in, top to bottom), the
+   sweep (output function, downward fields b and field messages H_in, top to bottom; a
+   max-pooling channel maps u going up and b going down, :mod:`bpkernels.pool`), the
    H_in of every layer through the reduction hook (identity unless set, e.g. an all-reduce for
    data-parallel training), and the field/reinforcement/damping update of every layer.
 
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .layers import BPLayer, layer_from_config
+from .pool import BPMaxPool2d
 
 # In-place reduction of the field messages of one inner iteration, one tensor per
 # message-passing layer, bottom to top: H_in [K, N] ([2, K, N] = (H_in, Ω_in) for a Gaussian
@@ -41,11 +43,14 @@ def _flatten_shape(flatten: nn.Flatten, shape: tuple) -> tuple:
 
 
 class BPSequential(nn.Module):
-    """A binary network of message-passing layers (``BPLinear``, ``BPConv2d``) and ``nn.Flatten``.
+    """A binary network of message-passing layers (``BPLinear``, ``BPConv2d``), max-pooling
+    channels (``BPMaxPool2d``) and ``nn.Flatten``.
 
     The last layer must be a BPLinear output layer (``output="sign"`` or ``"argmax"``). Messages
     crossing an nn.Flatten are reshaped: the up-fields u flattened going up, the downward fields
-    b unflattened going down. Inputs are [B, *in_shape] of the first message-passing layer
+    b unflattened going down. A BPMaxPool2d turns the up-fields of its inputs into those of the
+    pooled units going up, and the downward fields of the pooled units into those of its
+    inputs going down (:mod:`bpkernels.pool`); it has no weights and no field update. Inputs are [B, *in_shape] of the first message-passing layer
     after the leading nn.Flatten layers, if any: [B, N] for a BPLinear, images [B, C, H, W] for a
     BPConv2d, which also takes flat [B, C·H·W] inputs when built with ``input_size``. Layer
     shapes are checked when the network is built, as far as they are known (a first BPConv2d
@@ -65,9 +70,9 @@ class BPSequential(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         for layer in self.layers:
-            if not isinstance(layer, (BPLayer, nn.Flatten)):
-                raise TypeError("BPSequential accepts message-passing layers (BPLinear, BPConv2d) "
-                                f"and nn.Flatten, got {type(layer).__name__}")
+            if not isinstance(layer, (BPLayer, BPMaxPool2d, nn.Flatten)):
+                raise TypeError("BPSequential accepts message-passing layers (BPLinear, BPConv2d), "
+                                f"BPMaxPool2d and nn.Flatten, got {type(layer).__name__}")
             if isinstance(layer, nn.Flatten) and layer.start_dim == 0:
                 raise ValueError("nn.Flatten must keep the batch dimension (start_dim >= 1)")
         bp_layers = self.bp_layers
@@ -80,6 +85,9 @@ class BPSequential(nn.Module):
         if self.layers[-1] is not bp_layers[-1]:
             raise ValueError("the output layer must be the last layer")
         self._start = list(self.layers).index(bp_layers[0])  # modules before it prepare inputs
+        if any(isinstance(layer, BPMaxPool2d) for layer in list(self.layers)[:self._start]):
+            raise ValueError("a BPMaxPool2d pools the ±1 outputs of a message-passing layer: it "
+                             "cannot come before the first one")
         self._chain_shapes(bp_layers[0].input_shape)
         self.reinforcement_calls = 0
         self.h_in_reduction: HInReduction | None = None
@@ -96,7 +104,7 @@ class BPSequential(nn.Module):
     def _chain_shapes(self, shape: tuple) -> None:
         # Per-sample shapes through the body; every layer raises ValueError where they break.
         for layer in self.body:
-            if isinstance(layer, BPLayer):
+            if isinstance(layer, (BPLayer, BPMaxPool2d)):
                 shape = layer.output_shape(shape)
             else:
                 shape = _flatten_shape(layer, shape)
@@ -115,7 +123,7 @@ class BPSequential(nn.Module):
         return self.bp_layers[0].field.dtype
 
     def config(self) -> list[dict]:
-        return [layer.config() if isinstance(layer, BPLayer)
+        return [layer.config() if isinstance(layer, (BPLayer, BPMaxPool2d))
                 else dict(type="flatten", start_dim=layer.start_dim, end_dim=layer.end_dim)
                 for layer in self.layers]
 
@@ -224,10 +232,13 @@ class BPSequential(nn.Module):
         states = {layer: layer.mp_begin(tau_max, pasp) for layer in layers}
         first = layers[0]
         for _ in range(tau_max):
-            signal, shapes = x, []  # shapes: what each nn.Flatten received
+            signal, shapes, pooled = x, [], {}  # what each nn.Flatten and BPMaxPool2d received
             for layer in self.body:
                 if isinstance(layer, BPLayer):
                     signal = layer.mp_forward(states[layer], signal, first=layer is first)
+                elif isinstance(layer, BPMaxPool2d):
+                    pooled[layer] = signal
+                    signal = layer.up_field(signal)
                 else:  # u flattened going up
                     shapes.append(signal.shape)
                     signal = layer(signal)
@@ -238,6 +249,8 @@ class BPSequential(nn.Module):
                     b_top, h_in = layer.mp_backward(st, b_top)
                     st.b = b_top  # None for the first layer
                     h_ins.append(h_in)
+                elif isinstance(layer, BPMaxPool2d):
+                    b_top = layer.down_field(pooled[layer], b_top)
                 else:  # b unflattened going down
                     b_top = b_top.reshape(shapes.pop())
             h_ins.reverse()
@@ -295,7 +308,7 @@ class BPSequential(nn.Module):
         if mode == "bayes":
             x_hat, delta = x, None
             for layer in self.body:
-                if isinstance(layer, BPLayer):
+                if isinstance(layer, (BPLayer, BPMaxPool2d)):
                     x_hat, delta = layer.bayes(x_hat, delta)
                 else:
                     x_hat, delta = layer(x_hat), None if delta is None else layer(delta)

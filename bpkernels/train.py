@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .data import Dataset, as_dataset
 from .distributed import DataParallel
+from .layers import LAYER_KINDS
 from .runlog import CHECKPOINT, RunLog, load_checkpoint
 from .sequential import BPSequential
 
@@ -278,7 +279,7 @@ class MessagePassingTrainer:
 def load_model_state(model: BPSequential, state: dict) -> None:
     """Loads a :meth:`MessagePassingTrainer.state_dict` into ``model``."""
     # the saved layers' prior kind and ρ (both can change during continual learning)
-    specs = [spec for spec in state["model_config"] if spec["type"] != "flatten"]
+    specs = [spec for spec in state["model_config"] if spec["type"] in LAYER_KINDS]
     for layer, spec in zip(model.bp_layers, specs):
         layer.use_prior_kind(spec["prior"])  # its buffers, if any, are loaded next
         layer.rho = spec["rho"]

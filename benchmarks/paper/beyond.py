@@ -12,7 +12,12 @@ default AMP, with the ensemble over seeds that message passing gives nearly for 
 * per-layer damping: ψ = 0.9 on the hidden layers only, or on the output layer only;
 * schedules over the run (:class:`bpkernels.Ramp`, linear from the first epoch to the last):
   ψ of every layer 0.8 → 0.95 or 0.8 → 0.99, ρ of the hidden layers 1 → 1.0002, ρ of the
-  output layer 0.9 → 0.99.
+  output layer 0.9 → 0.99;
+* a broad posterior kept steady: ρ = 0.9999 on the hidden layers with ψ 0.8 → 0.95 (the damping
+  that grows over the run is meant to stop the late swings of the Bayesian error);
+* annealing: ρ of the hidden layers 0.9999 → 1.0002, a broad posterior early that polarises
+  in the last two thirds of the run, so that the final point-wise network may keep what the
+  broad posterior generalised.
 
 For each configuration: point-wise and Bayesian test error at the last epoch (mean ± std over
 seeds), and the ensemble of the seeds' final networks (:func:`bpkernels.ensemble_predict`: the
@@ -56,6 +61,10 @@ CONFIGS = {
                  ["rho:1.0:1.0002:{epochs}:hidden"]),
     "rho-out-ramp": ("AMP 2×501, ρ output 0.9 → 0.99 over the run", [501, 501], {}, 1,
                      ["rho:0.9:0.99:{epochs}:output"]),
+    "rho0.9999-psi-ramp": ("AMP 2×501, ρ = 0.9999 hidden, ψ 0.8 → 0.95 over the run", [501, 501],
+                           {"rho": [0.9999, 0.9999, 0.9]}, 1, ["psi:0.8:0.95:{epochs}"]),
+    "rho-anneal": ("AMP 2×501, ρ hidden 0.9999 → 1.0002 over the run", [501, 501], {}, 1,
+                   ["rho:0.9999:1.0002:{epochs}:hidden"]),
 }
 GOAL = "the goal on 2×501: point-wise ≤ 11.5 %, Bayesian ≤ 11.0 % test error"
 

@@ -133,7 +133,8 @@ def fans(weight_shape: tuple[int, ...]) -> tuple[int, int]:
 class BinaryNet(nn.Module):
     r"""Bias-free network of binary weights, dense or convolutional layers:
     a^ℓ = W^ℓ ⋆ h^{ℓ−1} (matrix product, or a 2-D convolution with the layer's stride and zero
-    padding), â^ℓ = BN(a^ℓ) (BatchNorm1d, or BatchNorm2d over channels), h^ℓ = φ(â^ℓ) for ℓ < L,
+    padding, then max-pooled where the layer has ``pool`` > 1), â^ℓ = BN(a^ℓ) (BatchNorm1d, or
+    BatchNorm2d over channels), h^ℓ = φ(â^ℓ) for ℓ < L,
     logits z = â^L (§1.1). ``fields`` holds one real tensor per binary weight tensor ([n_ℓ, n_{ℓ−1}]
     or [K, C, kh, kw]: latent w, field λ or η, as the trainer interprets it); the forward pass
     takes the binary (or relaxed) weights explicitly.
@@ -208,6 +209,8 @@ class BinaryNet(nn.Module):
             if layer.kind == "conv":
                 a = F.conv2d(h.view(h.shape[0], *layer.in_shape), w, stride=layer.stride,
                              padding=layer.padding)
+                if layer.pool > 1:  # on the preactivations: max commutes with sign
+                    a = F.max_pool2d(a, layer.pool)
             else:
                 a = F.linear(h.flatten(1), w)
             a = self.norms[i](a) if len(self.norms) else a / math.sqrt(fans(w.shape)[0])
