@@ -150,6 +150,22 @@ def test_bp_step_is_the_sweep_through_the_channel(algo, tau_max):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("algo", ["bpi", "amp", "mf"])
+def test_cuda_matches_cpu(algo):
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(16, 2, 6, 6, generator=gen, dtype=F64)
+    y = torch.randint(0, 3, (16,), generator=gen)
+    cpu, gpu = conv_pool_net(algo, 2), conv_pool_net(algo, 2).to("cuda")
+    for _ in range(2):
+        cpu.bp_step(x, y, tau_max=2)
+        gpu.bp_step(x.cuda(), y.cuda(), tau_max=2)
+    for (name, a), b in zip(cpu.state_dict().items(), gpu.state_dict().values()):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-9, atol=1e-11, msg=name)
+    for mode in ("pointwise", "bayes"):
+        assert torch.equal(gpu.predict(x, mode=mode).cpu(), cpu.predict(x, mode=mode))
+
+
 def test_predictions():
     """Point-wise: max of the ±1 activations. Bayesian: the exact mean of the max of independent
     ±1 inputs, checked by enumeration."""
