@@ -18,6 +18,8 @@ Semantics, the same as :meth:`BPSequential.predict` in point-wise mode:
 * the layers after the first see ±1 inputs, so their preactivations are integers, computed
   exactly by XNOR-popcount (:func:`bpkernels.packed_ops.xnor_gemm`); zero-padded pixels and
   zero weights contribute 0;
+* a max-pooling channel takes the maximum of each k×k window of the ±1 activations; since
+  sign(z + 1e-10) is monotone, the runtime pools the preactivations instead;
 * the output is the first maximal index of z (argmax), or +1 where z ≥ 0 (sign).
 
 The float model's first-layer sum rounds like any float sum; the packed network reproduces it
@@ -42,6 +44,7 @@ from torch import Tensor, nn
 from . import packed_ops
 from .conv import BPConv2d
 from .layers import BPLinear
+from .pool import BPMaxPool2d
 
 MAGIC = b"BPKPACK\0"
 VERSION = 1
@@ -95,10 +98,12 @@ def _layer_kind(layer: nn.Module) -> str:
         return "linear"
     if isinstance(layer, BPConv2d):
         return "conv2d"
+    if isinstance(layer, BPMaxPool2d):
+        return "maxpool2d"
     if isinstance(layer, nn.Flatten):
         return "flatten"
     raise TypeError(f"cannot export a {type(layer).__name__} layer: a packed network holds "
-                    "BPLinear, BPConv2d and nn.Flatten layers")
+                    "BPLinear, BPConv2d, BPMaxPool2d and nn.Flatten layers")
 
 
 def _layer_records(model: nn.Module) -> tuple[list[dict], list[np.ndarray]]:
@@ -115,6 +120,11 @@ def _layer_records(model: nn.Module) -> tuple[list[dict], list[np.ndarray]]:
                                      f"end_dim={layer.end_dim}")
                 shape = (math.prod(shape),)
             records.append(dict(type="flatten", start_dim=layer.start_dim, end_dim=layer.end_dim))
+            continue
+        if kind == "maxpool2d":  # follows a conv layer (BPSequential checks it), so shape is known
+            records.append(dict(type="maxpool2d", kernel_size=layer.kernel_size,
+                                input_shape=list(shape)))
+            shape = layer.output_shape(shape)
             continue
         mag = layer.mag.detach().to("cpu", torch.float64)
         values = torch.sign(mag).to(torch.int8).reshape(mag.shape[0], -1).numpy()
@@ -149,17 +159,17 @@ def export(model: nn.Module, path: str | os.PathLike) -> dict:
     """Writes the point-wise network of ``model`` (a BPSequential) to a packed file.
 
     Args:
-        model: layers BPLinear / BPConv2d / nn.Flatten in ``model.layers``; a first BPConv2d
-            needs ``input_size``.
+        model: layers BPLinear / BPConv2d / BPMaxPool2d / nn.Flatten in ``model.layers``; a
+            first BPConv2d needs ``input_size``.
         path: the file to write (format: ``docs/packed_format.md``).
     Returns:
         The header (a dict) that was written.
     """
     records, weights = _layer_records(model)
-    bp = [r for r in records if r["type"] != "flatten"]
+    bp = [r for r in records if r["type"] in ("linear", "conv2d")]
     if not bp or bp[-1]["output"] not in ("sign", "argmax"):
         raise ValueError("the last weight layer must be an output layer (output='sign' or 'argmax')")
-    first = next(layer for layer in model.layers if not isinstance(layer, nn.Flatten))
+    first = next(layer for layer in model.layers if isinstance(layer, (BPLinear, BPConv2d)))
     dtype = str(first.mag.dtype).replace("torch.", "")
     if dtype not in _DTYPES:
         raise ValueError(f"the model's dtype must be float32 or float64, got {dtype}")
@@ -268,6 +278,8 @@ class PackedNet(nn.Module):
 
     def _stage(self, rec: dict, index: int, prev: tuple | None, payload: bytes) -> dict:
         what = f"layer {index} ({rec['type']})"
+        if rec["type"] == "maxpool2d":
+            return self._pool_stage(rec, what, prev)
         if rec["type"] == "linear":
             k, n = rec["out_features"], rec["in_features"]
             stage = dict(kind="linear", k=k, n=n, in_shape=(n,), out_shape=(k,),
@@ -316,6 +328,17 @@ class PackedNet(nn.Module):
         stage["padded"] = stage["padding"] != (0, 0)
         return stage
 
+    @staticmethod
+    def _pool_stage(rec: dict, what: str, prev: tuple | None) -> dict:
+        k, in_shape = rec["kernel_size"], tuple(rec["input_shape"])
+        if prev is None or len(prev) != 3 or in_shape != prev:
+            raise PackedFormatError(f"{what}: pools the images of a conv layer before it, got "
+                                    f"input {list(in_shape)} after {prev and list(prev)}")
+        if not isinstance(k, int) or k < 1 or min(in_shape[1:]) < k:
+            raise PackedFormatError(f"{what}: window {k} does not fit input {list(in_shape)}")
+        return dict(kind="maxpool2d", k=k, in_shape=in_shape, output=None,
+                    out_shape=(in_shape[0], in_shape[1] // k, in_shape[2] // k))
+
     def extra_repr(self) -> str:
         return " -> ".join(f"{s['kind']}{list(s['out_shape'])}" for s in self.stages)
 
@@ -351,6 +374,14 @@ class PackedNet(nn.Module):
         k, *hw = stage["out_shape"]
         return out.view(z.shape[0], *(hw or (1, 1)), k)
 
+    def _pool(self, index: int, z: Tensor) -> Tensor:
+        """k×k max pooling of the preactivations NHWC [B, H, W, C] -> [B, H // k, W // k, C]:
+        sign(z + 1e-10) is monotone, so this pools the ±1 activations as the model does."""
+        k = self.stages[index]["k"]
+        b, h, w, c = z.shape
+        z = z[:, :h // k * k, :w // k * k].reshape(b, h // k, k, w // k, k, c)
+        return z.amax(dim=(2, 4))
+
     def _first(self, x: Tensor) -> Tensor:
         """The first layer in floating point (as the model), NHWC [B, OH, OW, K] view."""
         stage = self.stages[0]
@@ -363,12 +394,14 @@ class PackedNet(nn.Module):
     def _chunk_preactivations(self, x: Tensor) -> list[Tensor]:
         zs = [self._first(x)]
         for index in range(1, len(self.stages)):
-            zs.append(self._layer(index, zs[-1]))
+            pool = self.stages[index]["kind"] == "maxpool2d"
+            zs.append((self._pool if pool else self._layer)(index, zs[-1]))
         return zs
 
     def preactivations(self, x: Tensor) -> list[Tensor]:
-        """Every layer's preactivation in the model's layout ([B, K] or [B, K, OH, OW]): the
-        first in floating point, the others int32."""
+        """Every layer's preactivation in the model's layout ([B, K] or [B, K, OH, OW]; a
+        max-pooling stage gives the pooled preactivations of the layer before it): the first
+        in floating point, the others int32."""
         zs = self._chunk_preactivations(self._prepare_x(x))
         return [z.permute(0, 3, 1, 2) if len(s["out_shape"]) == 3 else z.reshape(z.shape[0], -1)
                 for z, s in zip(zs, self.stages)]

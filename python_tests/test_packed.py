@@ -15,8 +15,8 @@ from bpkernels import cli, data
 from bpkernels import packed_ops as ops
 from bpkernels import packed_reference as ref
 from bpkernels import BPConv2d, build_arch
-from bpkernels import BPLinear, BPSequential, mlp
-from bpkernels.packed import PackedFormatError, export, load_packed
+from bpkernels import BPLinear, BPMaxPool2d, BPSequential, mlp
+from bpkernels.packed import PackedFormatError, PackedNet, export, load_packed, read_packed
 from bpkernels.train import fit
 
 IN_CI = os.environ.get("CI") == "true"
@@ -135,6 +135,10 @@ def float_preactivations(model, x):
         if isinstance(layer, nn.Flatten):
             h = layer(h)
             continue
+        if isinstance(layer, BPMaxPool2d):  # the pooled preactivations, then their signs
+            zs.append(F.max_pool2d(zs[-1], layer.kernel_size))
+            h = torch.sign(zs[-1] + 1e-10)
+            continue
         w = torch.sign(layer.mag)
         if isinstance(layer, BPConv2d):
             zs.append(F.conv2d(h, w, stride=layer.stride, padding=layer.padding))
@@ -154,8 +158,10 @@ def check_exact(model, x, packed):
     got = packed.preactivations(x)
     want = float_preactivations(model, x)
     assert len(got) == len(want)
-    assert torch.equal(got[0], want[0])  # the float layer: same operation, same rounding
-    for g, w in zip(got[1:], want[1:]):
+    # the float layer (and its pooling): same operation, same rounding
+    floats = 2 if len(packed.stages) > 1 and packed.stages[1]["kind"] == "maxpool2d" else 1
+    assert all(torch.equal(g, w) for g, w in zip(got[:floats], want[:floats]))
+    for g, w in zip(got[floats:], want[floats:]):
         assert g.dtype == torch.int32 and torch.equal(g.to(w.dtype), w)
     pred, want_pred = packed(x), model(x)
     assert pred.dtype == want_pred.dtype and torch.equal(pred, want_pred)
@@ -194,6 +200,8 @@ CONVS = [
     dict(spec="conv5k3s1p1-conv70k2s2-conv3k3p1-dense1", num_classes=2, input_shape=(3, 9, 11)),
     dict(spec="conv4k3s2-dense7-dense10", dtype=torch.float64),
     dict(spec="conv6k3-dense10", input_shape=(2, 8, 8)),
+    dict(spec="conv32k5p2-maxpool2-conv64k3p1-maxpool2-dense501-dense10"),
+    dict(spec="conv5k3p1-maxpool3-conv7k2-dense1", num_classes=2, input_shape=(3, 11, 10), density=0.7),
 ]
 
 
@@ -301,6 +309,22 @@ def test_export_errors(tmp_path):
         export(model, tmp_path / "x.bpk")
 
 
+def test_pool_records_are_checked(tmp_path):
+    model = build_arch("conv4k3p1-maxpool2-dense10", seed=0)
+    export(model, tmp_path / "net.bpk")
+    header, payload = read_packed(tmp_path / "net.bpk")
+    pool = header["layers"][1]
+    assert pool == dict(type="maxpool2d", kernel_size=2, input_shape=[4, 28, 28])
+    for bad, match in [(dict(kernel_size=29), "does not fit"), (dict(input_shape=[4, 14, 14]), "pools the images")]:
+        layers = [dict(layer) for layer in header["layers"]]
+        layers[1].update(bad)
+        with pytest.raises(PackedFormatError, match=match):
+            PackedNet(dict(header, layers=layers), payload)
+    first = [header["layers"][1], *header["layers"]]
+    with pytest.raises(PackedFormatError, match="pools the images"):
+        PackedNet(dict(header, layers=first), payload)
+
+
 # ---- command line -----------------------------------------------------------------------------
 
 def test_cli_export_and_predict(tmp_path, capsys):
@@ -340,8 +364,10 @@ def test_cuda_kernels_match_cpu(planes):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_packed_net(tmp_path):
-    model = build_arch("conv8k3s2p1-conv16k3s2p1-dense32-dense10", seed=0, density=0.8)
+@pytest.mark.parametrize("spec", ["conv8k3s2p1-conv16k3s2p1-dense32-dense10",
+                                  "conv8k3p1-maxpool2-conv16k3p1-maxpool2-dense32-dense10"])
+def test_cuda_packed_net(tmp_path, spec):
+    model = build_arch(spec, seed=0, density=0.8)
     x = torch.randn(20, 1, 28, 28)
     path = tmp_path / "net.bpk"
     export(model, path)
