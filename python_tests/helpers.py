@@ -1,9 +1,15 @@
 """Plain helpers imported by the tests: tolerances per dtype, a diff-printing closeness
-assert, the flash-attention-style float32 error budget, and seeded input generation."""
+assert, the flash-attention-style float32 error budget, seeded input generation, and the real
+Fashion-MNIST or a skip."""
 
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
+
+from bpkernels import data
 
 F32, F64 = torch.float32, torch.float64
 
@@ -116,3 +122,14 @@ def use_twin_ops(monkeypatch) -> None:
 
     for module in (algorithms, layers, conv):
         monkeypatch.setattr(module, "ops", reference)
+
+
+def fashion_mnist_or_skip(**kwargs) -> data.Dataset:
+    """``data.load_fashion_mnist(**kwargs)``, or skip the test where the dataset is not
+    installed, except in CI, which installs dataset-fashion-mnist: there it is a failure."""
+    try:
+        return data.load_fashion_mnist(**kwargs)
+    except data.DatasetNotFoundError as exc:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(str(exc))

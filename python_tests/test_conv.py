@@ -3,7 +3,6 @@ the 1×1 convolution as a dense layer, whole conv nets through bp_step against t
 modules (state_dict, from_config, dtype), shape errors, build_arch, CUDA and a short training run."""
 
 import io
-import os
 
 import pytest
 import torch
@@ -13,10 +12,9 @@ from bpkernels import BPConv2d, BPLinear, BPSequential, build_arch, data
 from bpkernels.train import fit, load_model
 
 from conv_twin import TwinBPConv2d
-from helpers import assert_close, tol, use_twin_ops
+from helpers import assert_close, fashion_mnist_or_skip, tol, use_twin_ops
 
 F64 = torch.float64
-IN_CI = os.environ.get("CI") == "true"
 
 # (C, H, W, K, kernel, stride, padding, density): odd and even sizes, strides 1 and 2, padding
 # 0 and 1, a rectangular kernel, pixels no patch covers (6×6, k3 s2 p0), 1×1 kernels, a mask.
@@ -251,12 +249,7 @@ def test_cuda_matches_cpu(algo):
 def test_conv_net_learns_fashion_mnist_subset(algo):
     """A tiny conv net (1×28×28 -> 8×14×14 -> 10), one epoch over 1000 Fashion-MNIST images in
     batches of 50: chance is 90 % test error; it must get below 50 % (it gets 30–40 %)."""
-    try:
-        ds = data.load_fashion_mnist(subset=1000, test_subset=500, seed=0)
-    except data.DatasetNotFoundError as exc:
-        if IN_CI:
-            raise
-        pytest.skip(str(exc))
+    ds = fashion_mnist_or_skip(subset=1000, test_subset=500, seed=0)
     net = build_arch("conv8k5s2p2-dense10", algo=algo, rho=[1.0001, 0.99], seed=0)
     rows = fit(net, ds, epochs=1, batch_size=50, progress=False, eval_bayes=False)
     assert rows[-1]["test_error"] < 0.50, rows[-1]

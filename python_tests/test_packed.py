@@ -19,7 +19,8 @@ from bpkernels import BPLinear, BPMaxPool2d, BPSequential, mlp
 from bpkernels.packed import PackedFormatError, PackedNet, export, load_packed, read_packed
 from bpkernels.train import fit
 
-IN_CI = os.environ.get("CI") == "true"
+from helpers import fashion_mnist_or_skip
+
 ISAS = {"avx512": ["avx512", "avx2", "portable"], "avx2": ["avx2", "portable"],
         "portable": ["portable"]}[ops.xnor_cpu_isa()]
 
@@ -225,19 +226,10 @@ def test_batch_of_one_and_chunks(tmp_path):
     assert torch.equal(packed(x, chunk=4), model(x))
 
 
-def fashion_or_skip(**kwargs):
-    try:
-        return data.load_fashion_mnist(**kwargs)
-    except data.DatasetNotFoundError as exc:
-        if IN_CI:
-            raise
-        pytest.skip(str(exc))
-
-
 @pytest.mark.slow
 def test_trained_nets_on_the_full_fashion_mnist_test_set(tmp_path):
     """Trained on a 2000-image subset, checked on all 10 000 test images."""
-    ds = fashion_or_skip(subset=2000)
+    ds = fashion_mnist_or_skip(subset=2000)
     assert ds.test_x.shape[0] == 10000
     nets = {"mlp": mlp([784, 501, 501, 10], seed=0),
             "conv": build_arch("conv16k5s2p2-conv32k3s2p1-dense101-dense10", seed=0)}
@@ -328,7 +320,7 @@ def test_pool_records_are_checked(tmp_path):
 # ---- command line -----------------------------------------------------------------------------
 
 def test_cli_export_and_predict(tmp_path, capsys):
-    ds = fashion_or_skip(subset=300, test_subset=200)
+    ds = fashion_mnist_or_skip(subset=300, test_subset=200)
     model = mlp([784, 31, 10], seed=0)
     run = tmp_path / "run"
     fit(model, ds, epochs=1, batch_size=100, progress=False, eval_bayes=False, run_dir=str(run),

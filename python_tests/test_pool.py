@@ -5,7 +5,6 @@ grammar, checkpoints, the gradient baselines on a pooled architecture, and learn
 
 import itertools
 import math
-import os
 
 import pytest
 import torch
@@ -17,8 +16,9 @@ from bpkernels.baselines import train_baseline
 from bpkernels.baselines.binarynet import BinaryNet
 from bpkernels.train import fit, load_model
 
+from helpers import fashion_mnist_or_skip
+
 F64 = torch.float64
-IN_CI = os.environ.get("CI") == "true"
 
 
 def enumerate_window(u: list[float], b: float) -> tuple[float, list[float]]:
@@ -252,12 +252,7 @@ def test_gradient_baselines_pool_the_preactivations():
 def test_pooled_conv_net_learns_fashion_mnist_subset():
     """conv8k5p2 → 2×2 max pool → dense10, one AMP epoch over 1000 images in batches of 50:
     chance is 90 % test error; it must get below 50 %."""
-    try:
-        ds = data.load_fashion_mnist(subset=1000, test_subset=500, seed=0)
-    except data.DatasetNotFoundError as exc:
-        if IN_CI:
-            raise
-        pytest.skip(str(exc))
+    ds = fashion_mnist_or_skip(subset=1000, test_subset=500, seed=0)
     net = build_arch("conv8k5p2-maxpool2-dense10", algo="amp", rho=[1.0001, 0.99], seed=0)
     rows = fit(net, ds, epochs=1, batch_size=50, progress=False, eval_bayes=True)
     assert rows[-1]["test_error"] < 0.50 and rows[-1]["test_error_bayes"] < 0.50, rows[-1]

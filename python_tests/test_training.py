@@ -14,16 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from bpkernels import cli, data, mlp
 from bpkernels.train import MessagePassingTrainer, fit, load_model
 
-IN_CI = os.environ.get("CI") == "true"
+from helpers import fashion_mnist_or_skip
 
-
-def fashion_mnist_or_skip(**kwargs):
-    try:
-        return data.load_fashion_mnist(**kwargs)
-    except data.DatasetNotFoundError as exc:
-        if IN_CI:
-            raise  # CI installs dataset-fashion-mnist: a missing dataset there is a failure
-        pytest.skip(str(exc))
 
 
 # ---- data -------------------------------------------------------------------------------
