@@ -40,30 +40,31 @@ from paper_common import (Clock, budget_note, final_networks, finish_figure, fmt
 
 from bpkernels import Ramp, mlp
 
-# name: (label, hidden sizes, options of mlp, τ_max, ramps written param:start:end:{epochs}[:layers],
+# name: (label, shown after the algorithm's name, hidden sizes, options of mlp, τ_max, ramps written
+# param:start:end:{epochs}[:layers],
 # where {epochs} becomes the run's --epochs)
 CONFIGS = {
-    "default": ("AMP 2×501, library defaults", [501, 501], {}, 1, []),
-    "rho0.9999": ("AMP 2×501, ρ = 0.9999 hidden", [501, 501], {"rho": [0.9999, 0.9999, 0.9]}, 1, []),
-    "psi0.9": ("AMP 2×501, ψ = 0.9", [501, 501], {"psi": 0.9}, 1, []),
-    "tau2": ("AMP 2×501, τ_max = 2", [501, 501], {}, 2, []),
-    "wide": ("AMP 2×1001", [1001, 1001], {}, 1, []),
-    "deep": ("AMP 3×501", [501, 501, 501], {}, 1, []),
-    "psi-hidden0.9": ("AMP 2×501, ψ = 0.9 hidden, 0.8 output", [501, 501],
+    "default": ("2×501, library defaults", [501, 501], {}, 1, []),
+    "rho0.9999": ("2×501, ρ = 0.9999 hidden", [501, 501], {"rho": [0.9999, 0.9999, 0.9]}, 1, []),
+    "psi0.9": ("2×501, ψ = 0.9", [501, 501], {"psi": 0.9}, 1, []),
+    "tau2": ("2×501, τ_max = 2", [501, 501], {}, 2, []),
+    "wide": ("2×1001", [1001, 1001], {}, 1, []),
+    "deep": ("3×501", [501, 501, 501], {}, 1, []),
+    "psi-hidden0.9": ("2×501, ψ = 0.9 hidden, 0.8 output", [501, 501],
                       {"psi": [0.9, 0.9, 0.8]}, 1, []),
-    "psi-output0.9": ("AMP 2×501, ψ = 0.8 hidden, 0.9 output", [501, 501],
+    "psi-output0.9": ("2×501, ψ = 0.8 hidden, 0.9 output", [501, 501],
                       {"psi": [0.8, 0.8, 0.9]}, 1, []),
-    "psi-ramp0.95": ("AMP 2×501, ψ 0.8 → 0.95 over the run", [501, 501], {}, 1,
+    "psi-ramp0.95": ("2×501, ψ 0.8 → 0.95 over the run", [501, 501], {}, 1,
                      ["psi:0.8:0.95:{epochs}"]),
-    "psi-ramp0.99": ("AMP 2×501, ψ 0.8 → 0.99 over the run", [501, 501], {}, 1,
+    "psi-ramp0.99": ("2×501, ψ 0.8 → 0.99 over the run", [501, 501], {}, 1,
                      ["psi:0.8:0.99:{epochs}"]),
-    "rho-ramp": ("AMP 2×501, ρ hidden 1 → 1.0002 over the run", [501, 501], {}, 1,
+    "rho-ramp": ("2×501, ρ hidden 1 → 1.0002 over the run", [501, 501], {}, 1,
                  ["rho:1.0:1.0002:{epochs}:hidden"]),
-    "rho-out-ramp": ("AMP 2×501, ρ output 0.9 → 0.99 over the run", [501, 501], {}, 1,
+    "rho-out-ramp": ("2×501, ρ output 0.9 → 0.99 over the run", [501, 501], {}, 1,
                      ["rho:0.9:0.99:{epochs}:output"]),
-    "rho0.9999-psi-ramp": ("AMP 2×501, ρ = 0.9999 hidden, ψ 0.8 → 0.95 over the run", [501, 501],
+    "rho0.9999-psi-ramp": ("2×501, ρ = 0.9999 hidden, ψ 0.8 → 0.95 over the run", [501, 501],
                            {"rho": [0.9999, 0.9999, 0.9]}, 1, ["psi:0.8:0.95:{epochs}"]),
-    "rho-anneal": ("AMP 2×501, ρ hidden 0.9999 → 1.0002 over the run", [501, 501], {}, 1,
+    "rho-anneal": ("2×501, ρ hidden 0.9999 → 1.0002 over the run", [501, 501], {}, 1,
                    ["rho:0.9999:1.0002:{epochs}:hidden"]),
 }
 GOAL = "the goal on 2×501: point-wise ≤ 11.5 %, Bayesian ≤ 11.0 % test error"
@@ -79,6 +80,11 @@ def train(args, data, name: str, seed: int) -> list[dict]:
                   test_subset=args.test_subset, experiment="beyond", beyond=name)
     return run_message_passing(model, data, args, run_dir, seed, eval_bayes=True, config=config,
                                tau_max=tau_max, ramps=ramps)
+
+
+def label(args, name: str) -> str:
+    """The configuration's name in tables and figures, e.g. "MF 2×501, ψ = 0.9"."""
+    return f"{args.algo.upper()} {CONFIGS[name][0]}"
 
 
 def run_folder(args, name: str, seed: int) -> str:
@@ -111,7 +117,7 @@ def main(argv=None) -> int:
                                args.device)
         ens_point, ens_bayes = 100 * final["ensemble_pointwise"], 100 * final["ensemble_bayes"]
         seconds = [r["seconds"] for rows in runs for r in rows]
-        table.append([CONFIGS[name][0], fmt(mean_std([r[-1]["test_error"] for r in runs])),
+        table.append([label(args, name), fmt(mean_std([r[-1]["test_error"] for r in runs])),
                       fmt(mean_std([r[-1]["test_error_bayes"] for r in runs])),
                       f"{ens_point:.2f}", f"{ens_bayes:.2f}",
                       fmt(mean_std([r[-1]["train_error"] for r in runs])),
@@ -128,7 +134,7 @@ def main(argv=None) -> int:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for i, (name, runs) in enumerate(results.items()):
-        plot_test_errors(ax, runs, CONFIGS[name][0], f"C{i}")
+        plot_test_errors(ax, runs, label(args, name), f"C{i}")
     ax.axhline(11.5, color="0.5", lw=0.8, ls="--")
     ax.axhline(11.0, color="0.5", lw=0.8, ls=":")
     ax.set_title(f"{args.dataset} 10 classes, {args.algo}: beyond the paper")
