@@ -78,6 +78,10 @@ def test_bayes_fig2(tmp_path):
     run_script("bayes_fig2", tmp_path)
     rows = check_outputs(tmp_path / "out", "bayes_fig2", 2)
     assert all(r["Bayesian test error %"] for r in rows)
+    # one setting alone: read back from its run folder, the table holds its row only
+    run_script("bayes_fig2", tmp_path, "--settings", "paper")
+    alone = read_csv(tmp_path / "out" / "bayes_fig2.csv")
+    assert [r["setting"] for r in alone] == ["ρ = 0.9999 (paper)"] and alone[0] == rows[0]
 
 
 def test_sparsity(tmp_path):
