@@ -50,8 +50,10 @@ class BPSequential(nn.Module):
     crossing an nn.Flatten are reshaped: the up-fields u flattened going up, the downward fields
     b unflattened going down. A BPMaxPool2d turns the up-fields of its inputs into those of the
     pooled units going up, and the downward fields of the pooled units into those of its
-    inputs going down (:mod:`bpkernels.pool`); it has no weights and no field update. Inputs are [B, *in_shape] of the first message-passing layer
-    after the leading nn.Flatten layers, if any: [B, N] for a BPLinear, images [B, C, H, W] for a
+    inputs going down (:mod:`bpkernels.pool`); it has no weights and no field update.
+
+    Inputs are [B, *in_shape] of the first message-passing layer after the leading nn.Flatten
+    layers, if any: [B, N] for a BPLinear, images [B, C, H, W] for a
     BPConv2d, which also takes flat [B, C·H·W] inputs when built with ``input_size``. Layer
     shapes are checked when the network is built, as far as they are known (a first BPConv2d
     without ``input_size`` leaves the image size open until the first batch).
