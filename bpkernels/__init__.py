@@ -11,6 +11,7 @@ from . import _ops  # noqa: F401  (fake kernels)
 from . import data, ops, reference
 from .algorithms import ALGORITHMS, Algorithm, register_algorithm
 from .arch import build_arch, mlp, parse_arch
+from .averaging import PosteriorAverage
 from .conv import BPConv2d
 from .gaussian import GaussianBPLinear
 from .layers import BPLayer, BPLinear, register_layer
@@ -21,9 +22,8 @@ from .train import MessagePassingTrainer, Ramp, Trainer, evaluate, fit, load_mod
 
 __version__ = "0.2.0"
 
-__all__ = ["ALGORITHMS", "Algorithm", "BPConv2d", "BPLayer", "BPLinear", "BPMaxPool2d", "BPSequential",
-           "GaussianBPLinear",
-           "MessagePassingTrainer", "Ramp", "Trainer", "build_arch", "data", "ensemble_predict", "evaluate",
-           "export", "fit",
-           "load_model", "load_packed", "mlp", "ops", "parse_arch", "reference", "register_algorithm",
-           "register_layer", "__version__"]
+__all__ = ["ALGORITHMS", "Algorithm", "BPConv2d", "BPLayer", "BPLinear", "BPMaxPool2d",
+           "BPSequential", "GaussianBPLinear", "MessagePassingTrainer", "PosteriorAverage",
+           "Ramp", "Trainer", "build_arch", "data", "ensemble_predict", "evaluate", "export",
+           "fit", "load_model", "load_packed", "mlp", "ops", "parse_arch", "reference",
+           "register_algorithm", "register_layer", "__version__"]

@@ -107,6 +107,10 @@ def add_mp_options(p: argparse.ArgumentParser) -> None:
                    metavar="PARAM:START:END:EPOCHS[:LAYERS]",
                    help="a per-epoch linear schedule of rho or psi over the hidden, output or all "
                         "(default) layers, e.g. psi:0.8:0.95:100 (repeatable)")
+    p.add_argument("--average-from", type=int, default=None, metavar="EPOCH",
+                   help="message passing: from this epoch on, average the weight marginals over "
+                        "the mini-batches and also report the averaged network's errors "
+                        "(avg_* metrics; `eval --average`, `export --average`)")
     p.add_argument("--density", type=float, default=None,
                    help="weight density of a fixed random mask (the gradient baselines get the "
                         "masks message passing draws for the same seed)")
@@ -166,7 +170,8 @@ def run_message_passing(args, data, device, run_dir):
                tau_max=args.tau_max, r_step=args.r_step, seed=args.seed, run_dir=run_dir,
                config=config, resume=getattr(args, "resume", False),
                progress=not args.no_progress, eval_bayes=not args.no_bayes, method=args.algo,
-               overwrite=args.overwrite, ramps=getattr(args, "ramp", None) or ())
+               overwrite=args.overwrite, ramps=getattr(args, "ramp", None) or (),
+               average_from=getattr(args, "average_from", None))
 
 
 def run_method(method: str, args, data, device, run_dir):
@@ -225,7 +230,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     device = resolve_device(args.device)
-    model, state = load_model(args.checkpoint, device=device)
+    model, state = load_model(args.checkpoint, device=device, average=args.average)
     cfg = state["config"]
     ns = argparse.Namespace(dataset=args.dataset or cfg.get("dataset", "fashion-mnist"),
                             task=args.task or cfg.get("task", "10class"),
@@ -302,6 +307,9 @@ def continual_trainer(method: str, args, data, n_train: int, device):
 def cmd_continual(args) -> int:
     from . import continual
 
+    for flag, value in (("--ramp", args.ramp), ("--average-from", args.average_from)):
+        if value:
+            sys.exit(f"error: {flag} is not supported by continual (its epochs restart every task)")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = init_from_environment(resolve_device(args.device))
@@ -326,7 +334,7 @@ def cmd_continual(args) -> int:
 def cmd_export(args) -> int:
     from .packed import export
 
-    model, _ = load_model(args.checkpoint, device="cpu")
+    model, _ = load_model(args.checkpoint, device="cpu", average=args.average)
     header = export(model, args.out)
     float_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values()
                       if t is not None)
@@ -407,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default=None, choices=list(datasets.TASKS))
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default="auto")
+    p.add_argument("--average", action="store_true",
+                   help="the network of the run's posterior average (trained with --average-from)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("continual", help="continual learning on permuted tasks: accuracy matrix "
@@ -441,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write a checkpoint's ±1 network as a bit-packed file")
     p.add_argument("checkpoint", help="checkpoint.pt of a message-passing run")
     p.add_argument("out", help="the packed file to write (docs/packed_format.md)")
+    p.add_argument("--average", action="store_true",
+                   help="export the run's posterior-average network (trained with --average-from)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("predict", help="test error of a packed network (XNOR-popcount kernels)")

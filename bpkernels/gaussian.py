@@ -121,6 +121,21 @@ class GaussianBPLinear(BPLayer):
         self.precision.copy_(precision)
         self.mag.copy_(mag)
 
+    def moments(self) -> list[Tensor]:
+        """The moments a mixture of Gaussian marginals averages: m, m² and σ, each [K, N]; the
+        mixture's variance is mean(σ) + mean(m²) − mean(m)²."""
+        return [self.mag, self.mag * self.mag, self.variance]
+
+    @torch.no_grad()
+    def set_moments(self, moments: list[Tensor]) -> None:
+        """Sets the marginals to the Gaussian with the mixture's mean m̄ and variance
+        σ̄ = mean(σ) + [mean(m²) − m̄²]₊ (the bracket is a variance; rounding can make it
+        slightly negative), its precision floored at MIN_PRECISION like every update's."""
+        mean, mean_sq, variance = moments
+        variance = variance + (mean_sq - mean * mean).clamp_min(0.0)
+        precision = (1.0 / variance).clamp_min(MIN_PRECISION)
+        self.set_marginals(mean * precision, precision, mean)
+
     def set_prior(self, prior) -> None:
         """The prior (H_prior, Ω_prior) of the updates: "pasp" (the current (H, Ω) at the start
         of each mini-batch, weighted by ρ), "anchored" (A + ρ·((H, Ω) − A) with the anchor pair

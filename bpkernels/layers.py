@@ -168,6 +168,19 @@ class BPLayer(nn.Module):
         self.field.copy_(field)
         self.mag.copy_(mag if self.mask is None else mag.to(self.mag) * self.mask)
 
+    def moments(self) -> list[Tensor]:
+        """The weight moments that a mixture of marginals averages (:mod:`bpkernels.averaging`):
+        for ±1 weights the mean m alone (E[w²] = 1), of the weights' shape."""
+        return [self.mag]
+
+    @torch.no_grad()
+    def set_moments(self, moments: list[Tensor]) -> None:
+        """Sets the marginals to those of the given mean moments: m = m̄ and H = atanh m̄ (m̄
+        clipped one float step inside ±1, so that H stays finite)."""
+        (mean,) = moments
+        inside = 1.0 - torch.finfo(self.field.dtype).eps
+        self.set_marginals(torch.atanh(mean.clamp(-inside, inside)), mean)
+
     def set_prior(self, prior: str | Tensor | None) -> None:
         """The prior θ of the field update: "pasp" (θ = ρ·H, the default), "anchored"
         (θ = A + ρ·(H − A) with the anchor A = the current H, held fixed), a tensor of the

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .averaging import PosteriorAverage
 from .data import Dataset, as_dataset
 from .distributed import DataParallel
 from .layers import LAYER_KINDS
@@ -177,6 +178,9 @@ class MessagePassingTrainer:
             task's evidence accumulates on top of A.
         ramps: per-epoch schedules of ρ or ψ (:class:`Ramp`), applied in order at the start of
             every epoch; at most one per (parameter, layer).
+        average_from: if given, from this epoch on the marginals after every mini-batch join a
+            :class:`~bpkernels.averaging.PosteriorAverage`, and every evaluation adds the
+            averaged network's errors (``avg_`` + the usual names; None before the epoch).
     """
 
     ANCHORS = ("none", "output", "all")
@@ -184,7 +188,7 @@ class MessagePassingTrainer:
     def __init__(self, model: BPSequential, tau_max: int = 1, r_step: float = 0.0,
                  pasp: bool = True, eval_bayes: bool = True, method: str | None = None,
                  anchor: str = "none", anchor_rho: float | None = None,
-                 ramps: Sequence[Ramp] = ()):
+                 ramps: Sequence[Ramp] = (), average_from: int | None = None):
         if tau_max < 1:
             raise ValueError(f"tau_max must be >= 1, got {tau_max}")
         if anchor not in self.ANCHORS:
@@ -214,6 +218,13 @@ class MessagePassingTrainer:
         self.method = method or model.bp_layers[0].algo
         self.device = model.device
         self.data_parallel: DataParallel | None = None
+        if average_from is not None and not (isinstance(average_from, int)
+                                             and not isinstance(average_from, bool)
+                                             and average_from >= 1):
+            raise ValueError(f"average_from must be an epoch >= 1, got {average_from!r}")
+        self.average_from = average_from
+        self.average = PosteriorAverage(model) if average_from is not None else None
+        self.averaging = False
 
     def distribute(self, data_parallel: DataParallel) -> None:
         """Data-parallel training: the field messages of every step are summed over the ranks
@@ -236,27 +247,42 @@ class MessagePassingTrainer:
     def begin_epoch(self, epoch: int) -> None:
         for ramp in self.ramps:
             ramp.apply(self.model.bp_layers, epoch)
+        self.averaging = self.average is not None and epoch >= self.average_from
 
     def step(self, x: Tensor, y: Tensor) -> Tensor:
-        return self.model.bp_step(x, y, tau_max=self.tau_max, pasp=self.pasp, r_step=self.r_step,
-                                  checked=True)
+        delta = self.model.bp_step(x, y, tau_max=self.tau_max, pasp=self.pasp, r_step=self.r_step,
+                                   checked=True)
+        if self.averaging:
+            self.average.add()
+        return delta
 
     def epoch_metrics(self, stats: list[Tensor]) -> dict:
         deltas = torch.stack(stats).tolist()
         return {"delta": sum(deltas) / len(deltas)}
 
     def evaluate(self, data: Dataset, epoch: int, batch_size: int) -> dict:
-        return evaluate(self.model, data, self.eval_bayes, self.data_parallel)
+        row = evaluate(self.model, data, self.eval_bayes, self.data_parallel)
+        if self.average is not None:
+            averaged = (evaluate(self.average.network(), data, self.eval_bayes, self.data_parallel)
+                        if self.average.count else dict.fromkeys(row))
+            row.update({f"avg_{key}": value for key, value in averaged.items()})
+        return row
 
     def state_dict(self) -> dict:
-        """The architecture, the buffers and the reinforcement state (layer r, schedule clock)."""
+        """The architecture, the buffers, the reinforcement state (layer r, schedule clock) and
+        the posterior average, if any."""
         model = self.model
-        return {"model_config": model.config(), "state_dict": model.state_dict(),
-                "layer_r": [layer.r for layer in model.bp_layers],
-                "reinforcement_calls": model.reinforcement_calls}
+        state = {"model_config": model.config(), "state_dict": model.state_dict(),
+                 "layer_r": [layer.r for layer in model.bp_layers],
+                 "reinforcement_calls": model.reinforcement_calls}
+        if self.average is not None:
+            state["average"] = self.average.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         load_model_state(self.model, state)
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
 
     def begin_task(self, task: int) -> None:
         """A new task of a sequence (continual learning): nothing is reset, so the first
@@ -338,13 +364,14 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
         config: dict | None = None, resume: bool = False, progress: bool = True,
         eval_bayes: bool = True, method: str | None = None, test_data=None,
         extra_eval: Callable[[], dict] | None = None, overwrite: bool = False,
-        ramps: Sequence[Ramp] = ()) -> list[dict]:
+        ramps: Sequence[Ramp] = (), average_from: int | None = None) -> list[dict]:
     """Trains a model (by message passing) or any :class:`Trainer`, and returns one metrics row
     per epoch.
 
     Args:
         model: a BPSequential (trained by :class:`MessagePassingTrainer` with tau_max, r_step,
-            eval_bayes, method, ramps), or a Trainer (a gradient baseline, or your own).
+            eval_bayes, method, ramps, average_from), or a Trainer (a gradient baseline, or
+            your own).
         data: a :class:`~bpkernels.data.Dataset`; or the training set as a pair of tensors
             (x [P, ...], y [P]), a map-style torch Dataset or a DataLoader of (x, y) pairs,
             with ``test_data`` the test set in any of these forms (see
@@ -372,9 +399,11 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
     full_batch = batch_size is None
     if isinstance(model, BPSequential):
         trainer = MessagePassingTrainer(model, tau_max, r_step, not full_batch, eval_bayes, method,
-                                        ramps=ramps)
+                                        ramps=ramps, average_from=average_from)
     elif ramps:
         raise ValueError("ramps schedule message passing: give them to your trainer, not to fit")
+    elif average_from is not None:
+        raise ValueError("average_from averages message-passing marginals: a BPSequential only")
     else:
         trainer = model
     device = trainer.device
@@ -391,6 +420,8 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
                       method=trainer.method)
         if ramps:  # only then, so that runs from before ramps existed still resume
             config["ramps"] = [asdict(ramp) for ramp in ramps]
+        if average_from is not None:  # likewise
+            config["average_from"] = average_from
     data_parallel = DataParallel.current()
     world_size = data_parallel.world_size if data_parallel else 1
     config = dict(config or {}, world_size=world_size,
@@ -465,8 +496,10 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
     return rows
 
 
-def load_model(checkpoint_path: str, device=None) -> tuple[BPSequential, dict]:
-    """Rebuilds a trained message-passing model from a checkpoint written by :func:`fit`.
+def load_model(checkpoint_path: str, device=None,
+               average: bool = False) -> tuple[BPSequential, dict]:
+    """Rebuilds a trained message-passing model from a checkpoint written by :func:`fit`;
+    with ``average``, the network of its posterior average (a run with ``average_from``).
     Returns (model, checkpoint)."""
     state = load_checkpoint(checkpoint_path, map_location=device or "cpu")
     trainer_state = state.get("trainer") if isinstance(state, dict) else None
@@ -476,4 +509,11 @@ def load_model(checkpoint_path: str, device=None) -> tuple[BPSequential, dict]:
     dtype = next(v for k, v in sd.items() if k.endswith("field")).dtype
     model = BPSequential.from_config(trainer_state["model_config"], dtype=dtype, device=device)
     load_model_state(model, trainer_state)
+    if average:
+        if not trainer_state.get("average", {}).get("count"):
+            raise ValueError(f"{checkpoint_path} holds no posterior average: train with "
+                             "average_from (--average-from) and past that epoch")
+        posterior_average = PosteriorAverage(model)
+        posterior_average.load_state_dict(trainer_state["average"])
+        model = posterior_average.network()
     return model, state

@@ -1,7 +1,8 @@
 """Data-parallel message passing on torch.distributed (Gloo, 2 CPU processes): the fields,
-magnetisations and errors of the 2-process run equal the single-process run on the same global
-batches (float64 to 1e-12 relative, float32 within its rounding budget), for MF, AMP and BPI,
-dense and conv layers, argmax and sign outputs; a rank whose data differs is caught."""
+magnetisations and errors (and those of the posterior average) of the 2-process run equal the
+single-process run on the same global batches (float64 to 1e-12 relative, float32 within its
+rounding budget), for MF, AMP and BPI, dense and conv layers, argmax and sign outputs; a rank
+whose data differs is caught."""
 
 from __future__ import annotations
 
@@ -50,8 +51,9 @@ def build(case: str, batch: int):
         ds = data.teacher_student(93, 40, (49, 3), seed=1)
         model = build_arch("conv3k3s2p1-conv4k3s1p1-dense3", algo=algo, num_classes=3,
                            input_shape=(1, 7, 7), seed=2, dtype=dtype)
+    # the posterior average of the last epoch joins every row (avg_* errors on shards)
     return model, ds, dict(epochs=EPOCHS, batch_size=batch, tau_max=tau_max, seed=4,
-                           progress=False)
+                           progress=False, average_from=EPOCHS)
 
 
 def worker(rank: int, world: int, init_file: str, out_dir: str, batch: int, planted: bool):

@@ -113,6 +113,21 @@ def test_beyond(tmp_path):
     assert {spec["psi"] for spec in state["trainer"]["model_config"]} == {0.95}
 
 
+def test_beyond_with_the_posterior_average(tmp_path):
+    """--average-from adds the averaged network's columns and keeps its runs apart."""
+    run_script("beyond", tmp_path, "--configs", "rho0.9999", "--average-from", "1")
+    (row,) = check_outputs(tmp_path / "out", "beyond", 1)
+    log = [json.loads(line) for line in
+           open(tmp_path / "out" / "logs" / "amp-rho0.9999-seed0.jsonl")]
+    assert float(row["averaged from epoch 1, point-wise %"].split(" ± ")[0]) == \
+        pytest.approx(100 * log[-1]["avg_test_error"], abs=0.005)
+    assert float(row["averaged from epoch 1, Bayesian %"].split(" ± ")[0]) == \
+        pytest.approx(100 * log[-1]["avg_test_error_bayes"], abs=0.005)
+    state = load_checkpoint(str(tmp_path / "runs" / "mnist" / "amp-rho0.9999-avg1" / "seed0" /
+                                "checkpoint.pt"))
+    assert state["config"]["average_from"] == 1 and state["trainer"]["average"]["count"] == 2
+
+
 def test_budget_note_at_the_papers_budget():
     """Fewer seeds than the paper at its epochs and data is said, not called a reduced budget."""
     sys.path.insert(0, os.path.join(REPO, "benchmarks", "paper"))

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 
-from paper_common import (Clock, budget_note, final_networks, finish_figure, fmt, keep_log,
+from paper_common import (Clock, budget_note, curve, final_networks, finish_figure, fmt, keep_log,
                           load, mean_std, parser, plot_test_errors, pyplot, run_message_passing,
                           setup, write_table)
 
@@ -79,7 +79,7 @@ def train(args, data, name: str, seed: int) -> list[dict]:
     config = dict(method=args.algo, dataset=args.dataset, task="10class", subset=args.subset,
                   test_subset=args.test_subset, experiment="beyond", beyond=name)
     return run_message_passing(model, data, args, run_dir, seed, eval_bayes=True, config=config,
-                               tau_max=tau_max, ramps=ramps)
+                               tau_max=tau_max, ramps=ramps, average_from=args.average_from)
 
 
 def label(args, name: str) -> str:
@@ -88,7 +88,8 @@ def label(args, name: str) -> str:
 
 
 def run_folder(args, name: str, seed: int) -> str:
-    return os.path.join(args.runs, args.dataset, f"{args.algo}-{name}", f"seed{seed}")
+    averaged = f"-avg{args.average_from}" if args.average_from else ""
+    return os.path.join(args.runs, args.dataset, f"{args.algo}-{name}{averaged}", f"seed{seed}")
 
 
 def main(argv=None) -> int:
@@ -96,6 +97,9 @@ def main(argv=None) -> int:
     p.add_argument("--algo", default="amp", help="message-passing variant (default amp)")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
                    help="the configurations to run (default: all)")
+    p.add_argument("--average-from", type=int, default=None, metavar="EPOCH",
+                   help="also average the marginals over the mini-batches from this epoch on "
+                        "and report the averaged network (bpkernels.averaging)")
     args = p.parse_args(argv)
     setup(args)
     clock = Clock()
@@ -111,14 +115,19 @@ def main(argv=None) -> int:
     header = ["configuration", "point-wise test error %", "Bayesian test error %",
               f"ensemble of {args.seeds} point-wise %", f"ensemble of {args.seeds} Bayesian %",
               "point-wise train error %", "seconds per epoch"]
+    if args.average_from:
+        header[3:3] = [f"averaged from epoch {args.average_from}, point-wise %",
+                       f"averaged from epoch {args.average_from}, Bayesian %"]
     table = []
     for name, runs in results.items():
         final = final_networks([run_folder(args, name, seed) for seed in range(args.seeds)], data,
                                args.device)
         ens_point, ens_bayes = 100 * final["ensemble_pointwise"], 100 * final["ensemble_bayes"]
         seconds = [r["seconds"] for rows in runs for r in rows]
+        averaged = [fmt(mean_std([r[-1][f"avg_test_error{kind}"] for r in runs]))
+                    for kind in ("", "_bayes")] if args.average_from else []
         table.append([label(args, name), fmt(mean_std([r[-1]["test_error"] for r in runs])),
-                      fmt(mean_std([r[-1]["test_error_bayes"] for r in runs])),
+                      fmt(mean_std([r[-1]["test_error_bayes"] for r in runs])), *averaged,
                       f"{ens_point:.2f}", f"{ens_bayes:.2f}",
                       fmt(mean_std([r[-1]["train_error"] for r in runs])),
                       f"{sum(seconds) / len(seconds):.1f}"])
@@ -135,6 +144,12 @@ def main(argv=None) -> int:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for i, (name, runs) in enumerate(results.items()):
         plot_test_errors(ax, runs, label(args, name), f"C{i}")
+        if args.average_from:
+            for key, style, what in (("avg_test_error", "--", "point-wise"),
+                                     ("avg_test_error_bayes", "-.", "Bayesian")):
+                points = curve(runs, key)
+                ax.plot(range(1, len(points) + 1), points, style, color=f"C{i}",
+                        label=f"{label(args, name)}, averaged, {what}")
     ax.axhline(11.5, color="0.5", lw=0.8, ls="--")
     ax.axhline(11.0, color="0.5", lw=0.8, ls=":")
     ax.set_title(f"{args.dataset} 10 classes, {args.algo}: beyond the paper")

@@ -79,11 +79,13 @@ def _resume(run_dir: str) -> bool:
 
 
 def run_message_passing(model, data, args, run_dir: str, seed: int, eval_bayes: bool,
-                        config: dict, tau_max: int = 1, ramps=()) -> list[dict]:
+                        config: dict, tau_max: int = 1, ramps=(),
+                        average_from: int | None = None) -> list[dict]:
     """Trains (or continues, or just reads back when finished) one message-passing run."""
     return fit(model, data, epochs=args.epochs, batch_size=128, tau_max=tau_max, seed=seed,
                run_dir=run_dir, config=config, resume=_resume(run_dir), progress=args.progress,
-               eval_bayes=eval_bayes, method=config.get("method"), overwrite=True, ramps=ramps)
+               eval_bayes=eval_bayes, method=config.get("method"), overwrite=True, ramps=ramps,
+               average_from=average_from)
 
 
 def run_baseline(method: str, data, args, run_dir: str, seed: int, hidden: list[int],
