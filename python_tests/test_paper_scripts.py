@@ -114,7 +114,8 @@ def test_beyond(tmp_path):
 
 
 def test_beyond_with_the_posterior_average(tmp_path):
-    """--average-from adds the averaged network's columns and keeps its runs apart."""
+    """--average-from (beyond.py, bayes_fig2.py) adds the averaged network's columns and keeps
+    its runs apart."""
     run_script("beyond", tmp_path, "--configs", "rho0.9999", "--average-from", "1")
     (row,) = check_outputs(tmp_path / "out", "beyond", 1)
     log = [json.loads(line) for line in
@@ -126,6 +127,15 @@ def test_beyond_with_the_posterior_average(tmp_path):
     state = load_checkpoint(str(tmp_path / "runs" / "mnist" / "amp-rho0.9999-avg1" / "seed0" /
                                 "checkpoint.pt"))
     assert state["config"]["average_from"] == 1 and state["trainer"]["average"]["count"] == 2
+
+    fig2 = tmp_path / "fig2"
+    fig2.mkdir()
+    run_script("bayes_fig2", fig2, "--settings", "paper", "--average-from", "1")
+    (row,) = check_outputs(fig2 / "out", "bayes_fig2", 1)
+    log = [json.loads(line) for line in
+           open(fig2 / "out" / "logs" / "bpi-rho0.9999-avg1-seed0.jsonl")]
+    assert float(row["averaged from epoch 1, Bayesian %"].split(" ± ")[0]) == \
+        pytest.approx(100 * log[-1]["avg_test_error_bayes"], abs=0.005)
 
 
 def test_budget_note_at_the_papers_budget():

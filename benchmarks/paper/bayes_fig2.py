@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 
-from paper_common import (Clock, budget_note, curve, finish_figure, fmt, keep_log, load,
-                          mean_std, parser, plot_test_errors, pyplot, run_message_passing, setup,
-                          write_table)
+from paper_common import (Clock, add_average_option, average_cells, average_header,
+                          average_suffix, budget_note, curve, finish_figure, fmt, keep_log, load,
+                          mean_std, parser, plot_averaged_test_errors, plot_test_errors, pyplot,
+                          run_message_passing, setup, write_table)
 
 from bpkernels import mlp
 
@@ -32,6 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--algo", default="bpi", help="message-passing variant (paper: BP at τ_max = 1 = bpi)")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS),
                    help="hidden-layer ρ: paper (0.9999) and/or default (1.0001, the contrast)")
+    add_average_option(p)
     args = p.parse_args(argv)
     setup(args)
     clock = Clock()
@@ -40,19 +42,20 @@ def main(argv=None) -> int:
     for label, rho in (SETTINGS[name] for name in args.settings):
         runs = []
         for seed in range(args.seeds):
-            run_dir = os.path.join(args.runs, args.dataset, f"{args.algo}-rho{rho}", f"seed{seed}")
+            name = f"{args.algo}-rho{rho}{average_suffix(args)}"
+            run_dir = os.path.join(args.runs, args.dataset, name, f"seed{seed}")
             model = mlp([data.train_x.shape[1], 101, 101, 1], algo=args.algo, output="sign",
                         rho=[rho, rho, 0.9], psi=0.8, seed=seed, device=args.device)
             config = dict(method=args.algo, dataset=args.dataset, task="evenodd", subset=args.subset,
                           test_subset=args.test_subset, experiment="bayes_fig2")
             runs.append(run_message_passing(model, data, args, run_dir, seed, eval_bayes=True,
-                                            config=config))
-            keep_log(args, run_dir, f"{args.algo}-rho{rho}-seed{seed}")
+                                            config=config, average_from=args.average_from))
+            keep_log(args, run_dir, f"{name}-seed{seed}")
         results[label] = runs
 
     header = ["setting", "point-wise test error %", "Bayesian test error %",
-              "best point-wise (epoch)", "best Bayesian (epoch)", "point-wise train error %",
-              "Bayesian train error %"]
+              *average_header(args), "best point-wise (epoch)", "best Bayesian (epoch)",
+              "point-wise train error %", "Bayesian train error %"]
     table = []
     for label, runs in results.items():
         point, bayes = curve(runs, "test_error"), curve(runs, "test_error_bayes")
@@ -60,7 +63,7 @@ def main(argv=None) -> int:
         best_b = min(range(len(bayes)), key=bayes.__getitem__)
         table.append([label, fmt(mean_std([r[-1]["test_error"] for r in runs])),
                       fmt(mean_std([r[-1]["test_error_bayes"] for r in runs])),
-                      f"{point[best_p]:.2f} ({best_p + 1})", f"{bayes[best_b]:.2f} ({best_b + 1})",
+                      *average_cells(args, runs), f"{point[best_p]:.2f} ({best_p + 1})", f"{bayes[best_b]:.2f} ({best_b + 1})",
                       fmt(mean_std([r[-1]["train_error"] for r in runs])),
                       fmt(mean_std([r[-1]["train_error_bayes"] for r in runs]))])
     footer = (f"784-101-101-1, {args.algo}, B = 128, ψ = 0.8, output ρ = 0.9; errors at the last "
@@ -74,6 +77,7 @@ def main(argv=None) -> int:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (label, runs) in enumerate(results.items()):
         plot_test_errors(ax, runs, label, f"C{i}")
+        plot_averaged_test_errors(ax, args, runs, label, f"C{i}")
     ax.set_title(f"{args.dataset} even/odd, 784-101-101-1, {args.algo}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("test error (%), mean over seeds")

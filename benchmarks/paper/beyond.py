@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import os
 
-from paper_common import (Clock, budget_note, curve, final_networks, finish_figure, fmt, keep_log,
-                          load, mean_std, parser, plot_test_errors, pyplot, run_message_passing,
-                          setup, write_table)
+from paper_common import (Clock, add_average_option, average_cells, average_header,
+                          average_suffix, budget_note, final_networks, finish_figure, fmt,
+                          keep_log, load, mean_std, parser, plot_averaged_test_errors,
+                          plot_test_errors, pyplot, run_message_passing, setup, write_table)
 
 from bpkernels import Ramp, mlp
 
@@ -88,8 +89,8 @@ def label(args, name: str) -> str:
 
 
 def run_folder(args, name: str, seed: int) -> str:
-    averaged = f"-avg{args.average_from}" if args.average_from else ""
-    return os.path.join(args.runs, args.dataset, f"{args.algo}-{name}{averaged}", f"seed{seed}")
+    return os.path.join(args.runs, args.dataset, f"{args.algo}-{name}{average_suffix(args)}",
+                        f"seed{seed}")
 
 
 def main(argv=None) -> int:
@@ -97,9 +98,7 @@ def main(argv=None) -> int:
     p.add_argument("--algo", default="amp", help="message-passing variant (default amp)")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS),
                    help="the configurations to run (default: all)")
-    p.add_argument("--average-from", type=int, default=None, metavar="EPOCH",
-                   help="also average the marginals over the mini-batches from this epoch on "
-                        "and report the averaged network (bpkernels.averaging)")
+    add_average_option(p)
     args = p.parse_args(argv)
     setup(args)
     clock = Clock()
@@ -115,19 +114,16 @@ def main(argv=None) -> int:
     header = ["configuration", "point-wise test error %", "Bayesian test error %",
               f"ensemble of {args.seeds} point-wise %", f"ensemble of {args.seeds} Bayesian %",
               "point-wise train error %", "seconds per epoch"]
-    if args.average_from:
-        header[3:3] = [f"averaged from epoch {args.average_from}, point-wise %",
-                       f"averaged from epoch {args.average_from}, Bayesian %"]
+    header[3:3] = average_header(args)
     table = []
     for name, runs in results.items():
         final = final_networks([run_folder(args, name, seed) for seed in range(args.seeds)], data,
                                args.device)
         ens_point, ens_bayes = 100 * final["ensemble_pointwise"], 100 * final["ensemble_bayes"]
         seconds = [r["seconds"] for rows in runs for r in rows]
-        averaged = [fmt(mean_std([r[-1][f"avg_test_error{kind}"] for r in runs]))
-                    for kind in ("", "_bayes")] if args.average_from else []
         table.append([label(args, name), fmt(mean_std([r[-1]["test_error"] for r in runs])),
-                      fmt(mean_std([r[-1]["test_error_bayes"] for r in runs])), *averaged,
+                      fmt(mean_std([r[-1]["test_error_bayes"] for r in runs])),
+                      *average_cells(args, runs),
                       f"{ens_point:.2f}", f"{ens_bayes:.2f}",
                       fmt(mean_std([r[-1]["train_error"] for r in runs])),
                       f"{sum(seconds) / len(seconds):.1f}"])
@@ -144,12 +140,7 @@ def main(argv=None) -> int:
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     for i, (name, runs) in enumerate(results.items()):
         plot_test_errors(ax, runs, label(args, name), f"C{i}")
-        if args.average_from:
-            for key, style, what in (("avg_test_error", "--", "point-wise"),
-                                     ("avg_test_error_bayes", "-.", "Bayesian")):
-                points = curve(runs, key)
-                ax.plot(range(1, len(points) + 1), points, style, color=f"C{i}",
-                        label=f"{label(args, name)}, averaged, {what}")
+        plot_averaged_test_errors(ax, args, runs, label(args, name), f"C{i}")
     ax.axhline(11.5, color="0.5", lw=0.8, ls="--")
     ax.axhline(11.0, color="0.5", lw=0.8, ls=":")
     ax.set_title(f"{args.dataset} 10 classes, {args.algo}: beyond the paper")

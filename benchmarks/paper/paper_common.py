@@ -57,6 +57,46 @@ def parser(experiment: str, doc: str, epochs: int = PAPER_EPOCHS, seeds: int = 3
     return p
 
 
+def add_average_option(p: argparse.ArgumentParser) -> None:
+    """--average-from: message-passing runs also keep the posterior averaged over training
+    (bpkernels.averaging) and the tables and figures add the averaged network."""
+    p.add_argument("--average-from", type=int, default=None, metavar="EPOCH",
+                   help="also average the marginals over the mini-batches from this epoch on and "
+                        "report the averaged network (its runs go to their own run folders)")
+
+
+def average_suffix(args) -> str:
+    """The run-folder suffix of runs with a posterior average ('' without)."""
+    return f"-avg{args.average_from}" if args.average_from else ""
+
+
+def average_header(args) -> list[str]:
+    """The table columns of the averaged network (none without --average-from)."""
+    if not args.average_from:
+        return []
+    return [f"averaged from epoch {args.average_from}, point-wise %",
+            f"averaged from epoch {args.average_from}, Bayesian %"]
+
+
+def average_cells(args, runs: list[list[dict]]) -> list[str]:
+    """The averaged network's last-epoch test errors, mean ± std over the seeds."""
+    if not args.average_from:
+        return []
+    return [fmt(mean_std([rows[-1][f"avg_test_error{kind}"] for rows in runs]))
+            for kind in ("", "_bayes")]
+
+
+def plot_averaged_test_errors(ax, args, runs: list[list[dict]], label: str, color: str) -> None:
+    """The averaged network's seed-mean point-wise (dashed) and Bayesian (dash-dot) curves."""
+    if not args.average_from:
+        return
+    for key, style, what in (("avg_test_error", "--", "point-wise"),
+                             ("avg_test_error_bayes", "-.", "Bayesian")):
+        points = curve(runs, key)
+        ax.plot(range(1, len(points) + 1), points, style, color=color,
+                label=f"{label}, averaged, {what}")
+
+
 def setup(args) -> None:
     for name in ("epochs", "seeds", "threads"):
         if getattr(args, name) < 1:
