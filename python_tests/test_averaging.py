@@ -156,3 +156,25 @@ def test_command_line_trains_evaluates_and_exports_the_average(tmp_path, capsys)
     assert torch.equal(load_packed(out)(x), net(x))
     with pytest.raises(SystemExit, match="--average-from is not supported by continual"):
         cli.main(["continual", "--dataset", "teacher", "--average-from", "2"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["amp-dense", "gaussian-sign"])
+def test_cuda_average_matches_cpu(name):
+    """The float64 sums live on the model's device; CUDA and CPU runs average the same moments."""
+    build, sizes = NETS[name]
+    ds = data.teacher_student(P, 60, sizes, seed=1)
+    cpu, gpu = build(), build().to("cuda")
+    averages = [PosteriorAverage(cpu), PosteriorAverage(gpu)]
+    for j in range(4):
+        x, y = ds.train_x[j * BATCH:(j + 1) * BATCH], ds.train_y[j * BATCH:(j + 1) * BATCH]
+        cpu.bp_step(x, y)
+        gpu.bp_step(x.cuda(), y.cuda())
+        for average in averages:
+            average.add()
+    assert all(t.device.type == "cuda" for t in sum(averages[1].sums, []))
+    want, got = (average.network() for average in averages)
+    for (key, a), b in zip(want.state_dict().items(), got.state_dict().values()):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-9, atol=1e-11, msg=key)
+    for mode in ("pointwise", "bayes"):
+        assert torch.equal(got.predict(ds.test_x.cuda(), mode).cpu(), want.predict(ds.test_x, mode))
