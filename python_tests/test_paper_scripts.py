@@ -113,17 +113,20 @@ def test_beyond(tmp_path):
     assert {spec["psi"] for spec in state["trainer"]["model_config"]} == {0.95}
 
 
-def test_beyond_with_the_posterior_average(tmp_path):
+def check_averaged_columns(out, experiment: str, log_name: str) -> None:
+    """The averaged network's table cells are its last logged errors."""
+    (row,) = check_outputs(out, experiment, 1)
+    last = json.loads((out / "logs" / log_name).read_text().splitlines()[-1])
+    for column, key in (("point-wise", "avg_test_error"), ("Bayesian", "avg_test_error_bayes")):
+        cell = row[f"averaged from epoch 1, {column} %"]
+        assert float(cell.split(" ± ")[0]) == pytest.approx(100 * last[key], abs=0.005)
+
+
+def test_paper_scripts_with_the_posterior_average(tmp_path):
     """--average-from (beyond.py, bayes_fig2.py) adds the averaged network's columns and keeps
-    its runs apart."""
+    its runs and logs apart."""
     run_script("beyond", tmp_path, "--configs", "rho0.9999", "--average-from", "1")
-    (row,) = check_outputs(tmp_path / "out", "beyond", 1)
-    log = [json.loads(line) for line in
-           open(tmp_path / "out" / "logs" / "amp-rho0.9999-seed0.jsonl")]
-    assert float(row["averaged from epoch 1, point-wise %"].split(" ± ")[0]) == \
-        pytest.approx(100 * log[-1]["avg_test_error"], abs=0.005)
-    assert float(row["averaged from epoch 1, Bayesian %"].split(" ± ")[0]) == \
-        pytest.approx(100 * log[-1]["avg_test_error_bayes"], abs=0.005)
+    check_averaged_columns(tmp_path / "out", "beyond", "amp-rho0.9999-avg1-seed0.jsonl")
     state = load_checkpoint(str(tmp_path / "runs" / "mnist" / "amp-rho0.9999-avg1" / "seed0" /
                                 "checkpoint.pt"))
     assert state["config"]["average_from"] == 1 and state["trainer"]["average"]["count"] == 2
@@ -131,11 +134,7 @@ def test_beyond_with_the_posterior_average(tmp_path):
     fig2 = tmp_path / "fig2"
     fig2.mkdir()
     run_script("bayes_fig2", fig2, "--settings", "paper", "--average-from", "1")
-    (row,) = check_outputs(fig2 / "out", "bayes_fig2", 1)
-    log = [json.loads(line) for line in
-           open(fig2 / "out" / "logs" / "bpi-rho0.9999-avg1-seed0.jsonl")]
-    assert float(row["averaged from epoch 1, Bayesian %"].split(" ± ")[0]) == \
-        pytest.approx(100 * log[-1]["avg_test_error_bayes"], abs=0.005)
+    check_averaged_columns(fig2 / "out", "bayes_fig2", "bpi-rho0.9999-avg1-seed0.jsonl")
 
 
 def test_budget_note_at_the_papers_budget():

@@ -108,7 +108,8 @@ def main(argv=None) -> int:
         runs = []
         for seed in range(args.seeds):
             runs.append(train(args, data, name, seed))
-            keep_log(args, run_folder(args, name, seed), f"{args.algo}-{name}-seed{seed}")
+            keep_log(args, run_folder(args, name, seed),
+                     f"{args.algo}-{name}{average_suffix(args)}-seed{seed}")
         results[name] = runs
 
     header = ["configuration", "point-wise test error %", "Bayesian test error %",
