@@ -389,11 +389,15 @@ def fit(model: BPSequential | Trainer, data, epochs: int, batch_size: int | None
             that was not interrupted. The configuration must match the checkpoint's except
             for the keys of RESUMABLE_CHANGES (e.g. more epochs).
         overwrite: start a new run in a run_dir that holds one (else that is an error).
+        average_from: message passing: from this epoch on, also keep the posterior averaged
+            over the mini-batches (:class:`~bpkernels.averaging.PosteriorAverage`, docs §6.2);
+            it is checkpointed, and ``load_model(..., average=True)`` rebuilds its network.
         extra_eval: called after each epoch's evaluation; its fields join the row (e.g. the
             accuracies on every task of a continual-learning run).
 
     Rows: epoch, method, train_error, test_error, train_error_bayes, test_error_bayes, the
-    trainer's evaluation fields, seconds (training wall time of the epoch), cpu_seconds,
+    trainer's evaluation fields (with average_from: the same four errors of the averaged
+    network, prefixed avg_), seconds (training wall time of the epoch), cpu_seconds,
     peak_mem_bytes (CUDA, else None), and the trainer's epoch metrics (δ for message passing).
     """
     full_batch = batch_size is None
