@@ -63,7 +63,8 @@ def main(argv=None) -> int:
         best_b = min(range(len(bayes)), key=bayes.__getitem__)
         table.append([label, fmt(mean_std([r[-1]["test_error"] for r in runs])),
                       fmt(mean_std([r[-1]["test_error_bayes"] for r in runs])),
-                      *average_cells(args, runs), f"{point[best_p]:.2f} ({best_p + 1})", f"{bayes[best_b]:.2f} ({best_b + 1})",
+                      *average_cells(args, runs), f"{point[best_p]:.2f} ({best_p + 1})",
+                      f"{bayes[best_b]:.2f} ({best_b + 1})",
                       fmt(mean_std([r[-1]["train_error"] for r in runs])),
                       fmt(mean_std([r[-1]["train_error_bayes"] for r in runs]))])
     footer = (f"784-101-101-1, {args.algo}, B = 128, ψ = 0.8, output ρ = 0.9; errors at the last "

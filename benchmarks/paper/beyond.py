@@ -41,9 +41,8 @@ from paper_common import (Clock, add_average_option, average_cells, average_head
 
 from bpkernels import Ramp, mlp
 
-# name: (label, shown after the algorithm's name, hidden sizes, options of mlp, τ_max, ramps written
-# param:start:end:{epochs}[:layers],
-# where {epochs} becomes the run's --epochs)
+# name: (label, shown after the algorithm's name, hidden sizes, options of mlp, τ_max, ramps
+# written param:start:end:{epochs}[:layers], where {epochs} becomes the run's --epochs)
 CONFIGS = {
     "default": ("2×501, library defaults", [501, 501], {}, 1, []),
     "rho0.9999": ("2×501, ρ = 0.9999 hidden", [501, 501], {"rho": [0.9999, 0.9999, 0.9]}, 1, []),
@@ -88,9 +87,13 @@ def label(args, name: str) -> str:
     return f"{args.algo.upper()} {CONFIGS[name][0]}"
 
 
+def run_name(args, name: str) -> str:
+    """The name of a configuration's run folders and logs, e.g. "amp-rho0.9999-avg51"."""
+    return f"{args.algo}-{name}{average_suffix(args)}"
+
+
 def run_folder(args, name: str, seed: int) -> str:
-    return os.path.join(args.runs, args.dataset, f"{args.algo}-{name}{average_suffix(args)}",
-                        f"seed{seed}")
+    return os.path.join(args.runs, args.dataset, run_name(args, name), f"seed{seed}")
 
 
 def main(argv=None) -> int:
@@ -108,14 +111,13 @@ def main(argv=None) -> int:
         runs = []
         for seed in range(args.seeds):
             runs.append(train(args, data, name, seed))
-            keep_log(args, run_folder(args, name, seed),
-                     f"{args.algo}-{name}{average_suffix(args)}-seed{seed}")
+            keep_log(args, run_folder(args, name, seed), f"{run_name(args, name)}-seed{seed}")
         results[name] = runs
 
     header = ["configuration", "point-wise test error %", "Bayesian test error %",
-              f"ensemble of {args.seeds} point-wise %", f"ensemble of {args.seeds} Bayesian %",
-              "point-wise train error %", "seconds per epoch"]
-    header[3:3] = average_header(args)
+              *average_header(args), f"ensemble of {args.seeds} point-wise %",
+              f"ensemble of {args.seeds} Bayesian %", "point-wise train error %",
+              "seconds per epoch"]
     table = []
     for name, runs in results.items():
         final = final_networks([run_folder(args, name, seed) for seed in range(args.seeds)], data,
