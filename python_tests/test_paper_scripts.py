@@ -15,6 +15,7 @@ import pytest
 
 from test_datasets import make_mnist
 
+from bpkernels import Ramp
 from bpkernels.runlog import load_checkpoint
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -111,6 +112,17 @@ def test_beyond(tmp_path):
     assert state["config"]["ramps"] == [dict(param="psi", start=0.8, end=0.95, epochs=1,
                                              layers="all")]
     assert {spec["psi"] for spec in state["trainer"]["model_config"]} == {0.95}
+
+
+def test_beyond_schedules_span_the_run_or_its_first_half():
+    """A configuration's ramps are written with {epochs} or {half} of the run's epochs."""
+    sys.path.insert(0, os.path.join(REPO, "benchmarks", "paper"))
+    import beyond
+
+    assert beyond.config_ramps("rho-anneal", 100) == [Ramp("rho", 0.9999, 1.0002, 100, "hidden")]
+    assert beyond.config_ramps("rho-anneal-hold", 100) == [Ramp("rho", 0.9999, 1.0001, 50, "hidden")]
+    assert beyond.config_ramps("rho-anneal-hold", 1) == [Ramp("rho", 0.9999, 1.0001, 1, "hidden")]
+    assert beyond.config_ramps("default", 100) == []
 
 
 def check_averaged_columns(out, experiment: str, log_name: str) -> None:
