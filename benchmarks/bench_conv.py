@@ -1,8 +1,15 @@
-"""Per-layer step timing of a message-passing conv layer, two implementations: ATen
-convolutions (BPConv2d's path for MF and AMP) against im2col + the dense operators (BPLayer's
-path, which BPConv2d takes for BPI), checked to agree in float64 first.
+"""Step timing of message-passing conv layers and nets.
+
+Per layer, two implementations: ATen convolutions (BPConv2d's path for MF and AMP) against
+im2col + the dense operators (BPLayer's path, which BPConv2d takes for BPI), checked to agree
+in float64 first.
 
     python benchmarks/bench_conv.py --threads 2
+
+Per net (--net): one bp_step of a whole conv net on a Fashion-MNIST-shaped batch, with one
+variant per layer, each against AMP on every layer, timed in turn in the same process:
+
+    python benchmarks/bench_conv.py --net --threads 1 --nets amp bpi+amp+amp+amp bpi
 
 Training runs of conv nets go through the command line, e.g.
 ``bpkernels compare --arch conv32k5s2p2-conv64k3s2p1-dense501-dense10 --methods amp,ste``.
@@ -22,6 +29,7 @@ from torch import Tensor
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import device_name, git_commit  # noqa: E402
+from bpkernels import build_arch  # noqa: E402
 from bpkernels.algorithms import lookup  # noqa: E402
 from bpkernels.conv import BPConv2d  # noqa: E402
 
@@ -101,6 +109,39 @@ def cmd_bench(args) -> None:
             json.dump(rows, f, indent=1)
 
 
+NET = "conv32k5s2p2-conv64k3s2p1-dense501-dense10"
+
+
+def cmd_net(args) -> None:
+    """One bp_step (τ_max = 1) of NET per configuration in args.nets ("amp", or one variant per
+    layer joined by "+"), on one fixed batch of B random ±1 images with random labels, each
+    against AMP on every layer; the configurations are timed round-robin, args.repeats rounds,
+    and each keeps its best round, so that a shared CPU disturbs them alike."""
+    torch.set_num_threads(args.threads)
+    meta = dict(device=device_name("cpu"), threads=torch.get_num_threads(), batch=args.batch,
+                dtype="float32", commit=git_commit(), torch=torch.__version__)
+    print(", ".join(f"{k} {v}" for k, v in meta.items()))
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 2, (args.batch, 1, 28, 28), generator=gen).float() * 2 - 1
+    y = torch.randint(0, 10, (args.batch,), generator=gen)
+    names = ["amp", *(name for name in args.nets if name != "amp")]
+    nets = {name: build_arch(NET, algo=name.split("+") if "+" in name else name, seed=0)
+            for name in names}
+    best = dict.fromkeys(names, float("inf"))
+    for _ in range(args.repeats):
+        for name, net in nets.items():
+            best[name] = min(best[name], best_ms(lambda: net.bp_step(x, y), 1, args.number))
+    rows = []
+    print(f"{'variants':<20} {'step ms':>9} {'AMP ms':>9} {'ratio':>7}")
+    for name in names:
+        rows.append(dict(case=f"{NET} bp_step, {name}", ms=best[name], amp_ms=best["amp"],
+                         over_amp=best[name] / best["amp"], **meta))
+        print(f"{name:<20} {best[name]:>9.1f} {best['amp']:>9.1f} {best[name] / best['amp']:>7.2f}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
@@ -109,7 +150,11 @@ def main(argv=None) -> None:
     parser.add_argument("--number", type=int, default=5)
     parser.add_argument("--algos", default="mf,amp,bpi")
     parser.add_argument("--out", default=None, help="write the rows as JSON")
-    cmd_bench(parser.parse_args(argv))
+    parser.add_argument("--net", action="store_true", help="time whole-net steps (cmd_net)")
+    parser.add_argument("--nets", nargs="+", default=["amp", "bpi+amp+amp+amp", "bpi"],
+                        help="--net: variants, one for every layer or one per layer joined by +")
+    args = parser.parse_args(argv)
+    (cmd_net if args.net else cmd_bench)(args)
 
 
 if __name__ == "__main__":

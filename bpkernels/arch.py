@@ -91,7 +91,7 @@ def parse_arch(spec: str, num_classes: int = 10,
     return layers
 
 
-def build_arch(spec: str, algo: str = "bpi", num_classes: int = 10,
+def build_arch(spec: str, algo: str | Sequence[str] = "bpi", num_classes: int = 10,
                input_shape: Sequence[int] = (1, 28, 28), rho: Sequence[float] | float | None = None,
                psi: Sequence[float] | float = PSI_DEFAULT, r: float = 0.0, init_std: float = 1.0,
                density: float | None = None, seed: int = 0, dtype: torch.dtype = torch.float32,
@@ -110,7 +110,10 @@ def build_arch(spec: str, algo: str = "bpi", num_classes: int = 10,
     32×14×14 -> 64×7×7 -> 3136 -> 10. A dense-first network gets a leading nn.Flatten.
 
     Args:
-        spec: the string above.  algo: message-passing variant of every layer.
+        spec: the string above.
+        algo: message-passing variant of every layer, or one per message-passing layer (e.g.
+            ``["bpi", "amp", "amp", "amp"]``: exact cavities on a first conv layer of small
+            fan-in, where the Gaussian expansion of AMP is poor, AMP above it).
         num_classes: classes of the task (2: sign output with labels ±1).
         input_shape: per-sample input (C, H, W); flat [B, C·H·W] inputs are accepted too.
         rho, psi: one value for every layer or one per message-passing layer (rho None: 1.0001
@@ -122,14 +125,15 @@ def build_arch(spec: str, algo: str = "bpi", num_classes: int = 10,
     n_bp = len(specs)
 
     rhos, psis = per_layer(rho, "rho", n_bp), per_layer(psi, "psi", n_bp)
+    algos = per_layer(algo, "algo", n_bp)
     gen = torch.Generator().manual_seed(seed)
-    common = dict(algo=algo, r=r, init_std=init_std, density=density, generator=gen, dtype=dtype,
+    common = dict(r=r, init_std=init_std, density=density, generator=gen, dtype=dtype,
                   device=device)
     layers: list[nn.Module] = []
     for i, layer_spec in enumerate(specs):
         if layer_spec.flatten_before:
             layers.append(nn.Flatten())
-        hyper = dict(rho=rhos[i], psi=psis[i], **common)
+        hyper = dict(algo=algos[i], rho=rhos[i], psi=psis[i], **common)
         if layer_spec.kind == "conv":
             k, c, ks, _ = layer_spec.weight_shape
             layers.append(BPConv2d(c, k, ks, stride=layer_spec.stride, padding=layer_spec.padding,
@@ -144,21 +148,23 @@ def build_arch(spec: str, algo: str = "bpi", num_classes: int = 10,
 
 def per_layer(value, name: str, n_layers: int) -> list:
     """A hyper-parameter given as one value (or None) for every layer, or as one per layer."""
-    if value is None or isinstance(value, (int, float)):
+    if value is None or isinstance(value, (int, float, str)):
         return [value] * n_layers
     if len(value) != n_layers:
         raise ValueError(f"{name} needs one value per layer ({n_layers}), got {len(value)}")
     return list(value)
 
 
-def mlp(sizes: list[int], algo: str = "bpi", output: str = "argmax", flatten: bool = False,
+def mlp(sizes: list[int], algo: str | Sequence[str] = "bpi", output: str = "argmax",
+        flatten: bool = False,
         rho: list[float] | float | None = None, psi: list[float] | float = PSI_DEFAULT,
         r: float = 0.0, init_std: float = 1.0, density: float | None = None, seed: int = 0,
         dtype: torch.dtype = torch.float32, device=None,
         weights: Sequence[str] | str = "binary") -> BPSequential:
     """A BPSequential MLP with layer sizes [N0, N1, ..., K] and paper defaults.
 
-    rho / psi: one value for every layer or one per layer (None: 1.0001 hidden, 0.9 output).
+    algo / rho / psi: one value for every layer or one per layer (rho None: 1.0001 hidden, 0.9
+    output).
     weights: "binary" (BPLinear, algorithm ``algo``) or "gaussian" (GaussianBPLinear, algorithm
     "cbpi", no density), for every layer or one per layer (mixed networks; a Gaussian layer
     cannot be an argmax output, see :mod:`bpkernels.gaussian`).
@@ -168,6 +174,7 @@ def mlp(sizes: list[int], algo: str = "bpi", output: str = "argmax", flatten: bo
         raise ValueError("sizes needs at least an input and an output size")
 
     rhos, psis = per_layer(rho, "rho", n_layers), per_layer(psi, "psi", n_layers)
+    algos = per_layer(algo, "algo", n_layers)
     families = [weights] * n_layers if isinstance(weights, str) else list(weights)
     if len(families) != n_layers or not set(families) <= {"binary", "gaussian"}:
         raise ValueError(f"weights must be 'binary', 'gaussian' or one of them per layer "
@@ -183,5 +190,5 @@ def mlp(sizes: list[int], algo: str = "bpi", output: str = "argmax", flatten: bo
         if families[i] == "gaussian":
             layers.append(GaussianBPLinear(n_in, n_out, **hyper))
         else:
-            layers.append(BPLinear(n_in, n_out, algo=algo, density=density, **hyper))
+            layers.append(BPLinear(n_in, n_out, algo=algos[i], density=density, **hyper))
     return BPSequential(*layers)

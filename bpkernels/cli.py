@@ -94,7 +94,9 @@ def ramp_type(text: str) -> Ramp:
 
 
 def add_mp_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--algo", default="bpi", choices=list(ALGORITHMS), help="message-passing variant")
+    p.add_argument("--algo", default="bpi", nargs="+", choices=list(ALGORITHMS),
+                   help="message-passing variant: one, or one per layer (e.g. --algo bpi amp amp "
+                        "amp: exact cavities on a first conv layer, AMP above it)")
     p.add_argument("--rho", type=float, nargs="*", default=None,
                    help="PasP exponent ρ: one value, or one per layer (default 1.0001 hidden, 0.9 output)")
     p.add_argument("--psi", type=float, nargs="*", default=[0.8],
@@ -128,11 +130,13 @@ def add_mp_options(p: argparse.ArgumentParser) -> None:
                    help="gradient baselines: an option of the method (repeatable), e.g. lr=0.003")
 
 
-def _per_layer(values, n_layers):
-    if values is None or len(values) == 0:
-        return None
+def _per_layer(values, n_layers, option):
+    """One value of ``option`` for every layer, or one per layer (else a clear exit)."""
+    if values is None or isinstance(values, str) or len(values) == 0:
+        return values or None
     return values[0] if len(values) == 1 else values if len(values) == n_layers else \
-        sys.exit(f"error: give one value or {n_layers} values (one per layer), got {len(values)}")
+        sys.exit(f"error: {option}: give one value or {n_layers} values (one per layer), "
+                 f"got {len(values)}")
 
 
 def _weight_families(family: str, n_layers: int, binary_task: bool):
@@ -145,6 +149,8 @@ def _weight_families(family: str, n_layers: int, binary_task: bool):
 
 def run_message_passing(args, data, device, run_dir):
     if args.algo == "cbpi" or args.weights == "gaussian":
+        if not isinstance(args.algo, str):
+            sys.exit("error: --weights gaussian (algo cbpi) takes no per-layer --algo")
         if getattr(args, "arch", None):
             sys.exit("error: --weights gaussian (algo cbpi) builds MLPs only, not --arch")
         args = argparse.Namespace(**{**vars(args), "algo": "cbpi", "weights": "gaussian"})
@@ -154,22 +160,25 @@ def run_message_passing(args, data, device, run_dir):
     # records the ramps itself.
     config = {k: v for k, v in vars(args).items()
               if k not in ("func", "ramp") and not (k == "weights" and v == "binary")}
-    if getattr(args, "arch", None):
-        n_layers = sum(token.startswith(("conv", "dense")) for token in args.arch.lower().split("-"))
-        model = build_arch(args.arch, algo=args.algo, num_classes=data.num_classes,
-                           input_shape=input_shape(args),
-                           rho=_per_layer(args.rho, n_layers), psi=_per_layer(args.psi, n_layers),
-                           **factory)
+    arch = getattr(args, "arch", None)
+    if arch:
+        n_layers = sum(token.startswith(("conv", "dense")) for token in arch.lower().split("-"))
     else:
         sizes = [data.train_x.shape[1], *args.hidden, 1 if data.binary else data.num_classes]
         n_layers = len(sizes) - 1
-        model = mlp(sizes, algo=args.algo, output="sign" if data.binary else "argmax",
-                    rho=_per_layer(args.rho, n_layers), psi=_per_layer(args.psi, n_layers),
-                    weights=_weight_families(args.weights, n_layers, data.binary), **factory)
+    per_layer = {name: _per_layer(getattr(args, name), n_layers, f"--{name}")
+                 for name in ("algo", "rho", "psi")}
+    if arch:
+        model = build_arch(arch, num_classes=data.num_classes, input_shape=input_shape(args),
+                           **per_layer, **factory)
+    else:
+        model = mlp(sizes, output="sign" if data.binary else "argmax",
+                    weights=_weight_families(args.weights, n_layers, data.binary), **per_layer,
+                    **factory)
     return fit(model, data, epochs=args.epochs, batch_size=args.batch_size or None,
                tau_max=args.tau_max, r_step=args.r_step, seed=args.seed, run_dir=run_dir,
                config=config, resume=getattr(args, "resume", False),
-               progress=not args.no_progress, eval_bayes=not args.no_bayes, method=args.algo,
+               progress=not args.no_progress, eval_bayes=not args.no_bayes, method=model.algo,
                overwrite=args.overwrite, ramps=getattr(args, "ramp", None) or (),
                average_from=getattr(args, "average_from", None))
 
@@ -216,11 +225,14 @@ def cmd_train(args) -> int:
         torch.set_num_threads(args.threads)
     device = init_from_environment(resolve_device(args.device))
     data = load_data(args)
-    method = args.algo if args.method == "bp" else args.method
+    message_passing = args.method == "bp"
+    method = (args.algo if isinstance(args.algo, str) else "+".join(args.algo)) \
+        if message_passing else args.method
     run_dir = args.run_dir or default_run_dir(method)
     print(f"training {method} on {data.name} ({data.train_x.shape[0]} train / "
           f"{data.test_x.shape[0]} test) on {device}; run folder {run_dir}")
-    rows = run_method(method, args, data, device, run_dir)
+    rows = (run_message_passing(args, data, device, run_dir) if message_passing
+            else run_method(method, args, data, device, run_dir))
     if rows and is_main_process():
         last = rows[-1]
         print(json.dumps({k: last[k] for k in ("epoch", "train_error", "test_error",
@@ -280,7 +292,7 @@ def continual_trainer(method: str, args, data, n_train: int, device):
     if algo in ALGORITHMS and variant in ("", "default", "anchored"):
         sizes = [data.train_x.shape[1], *args.hidden, 1 if data.binary else data.num_classes]
         # --rho overrides both settings (one value, or one per layer)
-        rho = _per_layer(args.rho, len(sizes) - 1) if args.rho else (None if variant else 1.0)
+        rho = _per_layer(args.rho, len(sizes) - 1, "--rho") if args.rho else (None if variant else 1.0)
         model = mlp(sizes, algo=algo, output="sign" if data.binary else "argmax", rho=rho,
                     psi=args.psi[0] if args.psi else 0.8, seed=args.seed,
                     dtype=getattr(torch, args.dtype), device=device,
@@ -470,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if isinstance(getattr(args, "algo", None), list) and len(args.algo) == 1:
+        args.algo = args.algo[0]  # one variant for every layer, recorded as a name
     return args.func(args)
 
 

@@ -117,6 +117,13 @@ class BPSequential(nn.Module):
         return 2 if last.output == "sign" else last.out_features
 
     @property
+    def algo(self) -> str:
+        """The message-passing variant of the layers: "amp", or one per layer joined by "+"
+        for a network that mixes them ("bpi+amp+amp+amp")."""
+        algos = [layer.algo for layer in self.bp_layers]
+        return algos[0] if len(set(algos)) == 1 else "+".join(algos)
+
+    @property
     def device(self) -> torch.device:
         return self.bp_layers[0].field.device
 

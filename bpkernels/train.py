@@ -215,7 +215,7 @@ class MessagePassingTrainer:
             raise ValueError("anchor_rho and a ramp of rho on the hidden layers both set their ρ")
         self.model, self.tau_max, self.r_step, self.pasp = model, tau_max, r_step, pasp
         self.eval_bayes = eval_bayes
-        self.method = method or model.bp_layers[0].algo
+        self.method = method or model.algo
         self.device = model.device
         self.data_parallel: DataParallel | None = None
         if average_from is not None and not (isinstance(average_from, int)

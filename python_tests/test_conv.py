@@ -122,20 +122,25 @@ def test_1x1_conv_on_1x1_image_is_bplinear(algo, tau_max):
 
 
 def conv_net(conv_cls, algo, seed=0):
+    """conv → conv → flatten → argmax dense; ``algo`` names the variant of every layer, or of
+    each conv layer joined by "+" (a mixed network, e.g. "bpi+amp")."""
     gen = torch.Generator().manual_seed(seed)
-    kw = dict(algo=algo, generator=gen, dtype=F64)
-    return BPSequential(conv_cls(2, 4, 3, stride=1, padding=1, input_size=(7, 7), **kw),
-                        conv_cls(4, 5, 3, stride=2, padding=0, **kw),
+    algos = algo.split("+") if "+" in algo else [algo, algo]
+    kw = dict(generator=gen, dtype=F64)
+    return BPSequential(conv_cls(2, 4, 3, stride=1, padding=1, input_size=(7, 7), algo=algos[0], **kw),
+                        conv_cls(4, 5, 3, stride=2, padding=0, algo=algos[1], **kw),
                         nn.Flatten(),
-                        BPLinear(45, 3, output="argmax", **kw))
+                        BPLinear(45, 3, output="argmax", algo=algos[1], **kw))
 
 
 @pytest.mark.parametrize("twin", ["explicit-graph", "twin-ops"])
-@pytest.mark.parametrize("algo,tau_max", [("bpi", 1), ("bpi", 2), ("amp", 1), ("amp", 3), ("mf", 2), ("bp", 1)])
+@pytest.mark.parametrize("algo,tau_max", [("bpi", 1), ("bpi", 2), ("amp", 1), ("amp", 3), ("mf", 2), ("bp", 1),
+                                          ("bpi+amp", 1), ("bpi+amp", 2), ("amp+mf", 2)])
 def test_conv_net_bp_step_matches_twin(monkeypatch, twin, algo, tau_max):
     """conv → conv → flatten → argmax dense, two bp_steps: the extension network against the
     same network run on the twin ops (helpers.use_twin_ops),
-    its conv layers either BPConv2d (im2col on the twin ops) or TwinBPConv2d (explicit graph)."""
+    its conv layers either BPConv2d (im2col on the twin ops) or TwinBPConv2d (explicit graph).
+    A mixed network ("bpi+amp") runs each layer's own variant."""
     gen = torch.Generator().manual_seed(6)
     x = torch.randn(5, 98, generator=gen, dtype=F64)  # flat inputs, reshaped to [5, 2, 7, 7]
     y = torch.randint(0, 3, (5,), generator=gen)

@@ -101,6 +101,34 @@ def test_inner_iterations_match_twin(monkeypatch, algo, output, tau_max):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
 
 
+def test_per_layer_algorithms():
+    """algo given per layer: each layer runs its own variant. An argmax output layer has its
+    own update whatever its algo, so [bpi, amp] on 20-7-3 is the all-BPI network bit for bit
+    and differs from all-AMP; names, configs and refusals."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(16, 20, generator=gen, dtype=F64)
+    y = torch.randint(0, 3, (16,), generator=gen)
+    mixed, bpi, amp = (mlp([20, 7, 3], algo=a, seed=1, dtype=F64)
+                       for a in (["bpi", "amp"], "bpi", "amp"))
+    for net in (mixed, bpi, amp):
+        net.bp_step(x, y)
+    assert [layer.algo for layer in mixed.bp_layers] == ["bpi", "amp"]
+    assert (mixed.algo, bpi.algo) == ("bpi+amp", "bpi")
+    for a, b in zip(mixed.state_dict().values(), bpi.state_dict().values()):
+        assert torch.equal(a, b)
+    assert not torch.allclose(mixed.bp_layers[0].field, amp.bp_layers[0].field)
+    again = BPSequential.from_config(mixed.config(), dtype=F64)
+    assert again.algo == "bpi+amp"
+    net = bpk.build_arch("conv4k3s2p1-dense5-dense3", algo=("mf", "bpi", "amp"), num_classes=3,
+                         input_shape=(1, 6, 6))
+    assert [layer.algo for layer in net.bp_layers] == ["mf", "bpi", "amp"]
+    with pytest.raises(ValueError, match=r"algo needs one value per layer \(3\), got 2"):
+        bpk.build_arch("conv4k3s2p1-dense5-dense3", algo=["bpi", "amp"], num_classes=3,
+                       input_shape=(1, 6, 6))
+    with pytest.raises(ValueError, match="algo must be one of"):
+        mlp([4, 3, 2], algo=["bpi", "bpx"])
+
+
 def test_bp_inner_iterations_differ_from_bpi():
     """BP only differs from BPI for τ_max > 1 (docs/algorithms.md §4.3): a guard that the cavity path runs."""
     gen = torch.Generator().manual_seed(2)

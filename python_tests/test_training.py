@@ -210,6 +210,25 @@ def test_cli_train_eval_compare(tmp_path, capsys):
     assert (out / "compare.png").exists() and (out / "compare.csv").exists()
 
 
+def test_cli_per_layer_algorithms(tmp_path, capsys):
+    """--algo with one variant per layer: each layer runs its own, the run records them, resumes,
+    and names its method after them; a wrong count is refused naming --algo."""
+    run = tmp_path / "mixed"
+    common = ["train", "--dataset", "teacher", "--subset", "64", "--test-subset", "32",
+              "--arch", "conv4k3s2p1-dense5-dense10", "--batch-size", "16", "--no-progress",
+              "--run-dir", str(run)]
+    assert cli.main([*common, "--algo", "bpi", "amp", "mf", "--epochs", "1"]) == 0
+    assert "training bpi+amp+mf on" in capsys.readouterr().out
+    model, state = load_model(str(run / "checkpoint.pt"))
+    assert [layer.algo for layer in model.bp_layers] == ["bpi", "amp", "mf"]
+    assert state["config"]["algo"] == ["bpi", "amp", "mf"]
+    assert cli.main([*common, "--algo", "bpi", "amp", "mf", "--epochs", "2", "--resume"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["method"]) for r in rows] == [(1, "bpi+amp+mf"), (2, "bpi+amp+mf")]
+    with pytest.raises(SystemExit, match="--algo: give one value or 3 values"):
+        cli.main([*common, "--algo", "bpi", "amp", "--epochs", "1", "--overwrite"])
+
+
 def test_cli_conv_architecture(tmp_path):
     run = tmp_path / "conv"
     assert cli.main(["train", "--dataset", "teacher", "--task", "evenodd", "--subset", "64",
