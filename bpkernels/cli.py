@@ -148,9 +148,11 @@ def _weight_families(family: str, n_layers: int, binary_task: bool):
 
 
 def run_message_passing(args, data, device, run_dir):
-    if args.algo == "cbpi" or args.weights == "gaussian":
-        if not isinstance(args.algo, str):
-            sys.exit("error: --weights gaussian (algo cbpi) takes no per-layer --algo")
+    algos = [args.algo] if isinstance(args.algo, str) else args.algo
+    if "cbpi" in algos or args.weights == "gaussian":
+        if len(algos) > 1:
+            sys.exit("error: --weights gaussian (algo cbpi) takes one --algo for every layer, "
+                     "not one per layer")
         if getattr(args, "arch", None):
             sys.exit("error: --weights gaussian (algo cbpi) builds MLPs only, not --arch")
         args = argparse.Namespace(**{**vars(args), "algo": "cbpi", "weights": "gaussian"})

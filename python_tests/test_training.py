@@ -227,6 +227,9 @@ def test_cli_per_layer_algorithms(tmp_path, capsys):
     assert [(r["epoch"], r["method"]) for r in rows] == [(1, "bpi+amp+mf"), (2, "bpi+amp+mf")]
     with pytest.raises(SystemExit, match="--algo: give one value or 3 values"):
         cli.main([*common, "--algo", "bpi", "amp", "--epochs", "1", "--overwrite"])
+    for bad in (["cbpi", "amp", "amp"], ["bpi", "amp", "amp", "--weights", "gaussian"]):
+        with pytest.raises(SystemExit, match="takes one --algo for every layer"):
+            cli.main([*common, "--algo", *bad, "--epochs", "1", "--overwrite"])
 
 
 def test_cli_conv_architecture(tmp_path):
