@@ -70,13 +70,25 @@ def best_ms(fn, repeats: int, number: int) -> float:
     return 1e3 * min(times)
 
 
-def cmd_bench(args) -> None:
+def start(args) -> dict:
+    """Sets the threads; returns (and prints) what every row records about the run."""
     torch.set_num_threads(args.threads)
-    cases = [("L1 1->32 k3s2p1 28x28", 1, 32, 28), ("L2 32->64 k3s2p1 14x14", 32, 64, 14),
-             ("L2' 32->64 k3s1p1 14x14", 32, 64, 14)]
     meta = dict(device=device_name("cpu"), threads=torch.get_num_threads(), batch=args.batch,
                 dtype="float32", commit=git_commit(), torch=torch.__version__)
     print(", ".join(f"{k} {v}" for k, v in meta.items()))
+    return meta
+
+
+def write_rows(rows: list[dict], path: str | None) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+def cmd_bench(args) -> None:
+    cases = [("L1 1->32 k3s2p1 28x28", 1, 32, 28), ("L2 32->64 k3s2p1 14x14", 32, 64, 14),
+             ("L2' 32->64 k3s1p1 14x14", 32, 64, 14)]
+    meta = start(args)
     print(f"{'layer':<26} {'algo':<5} {'im2col ms':>10} {'aten ms':>10} {'im2col/aten':>12}")
     rows = []
     for name, c, k, size in cases:
@@ -104,9 +116,7 @@ def cmd_bench(args) -> None:
             print(f"{name:<26} {algo:<5} {t_im2col:>10.2f} "
                   f"{'n/a' if t_aten is None else f'{t_aten:.2f}':>10} "
                   f"{'n/a' if ratio is None else f'{ratio:.2f}':>12}", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+    write_rows(rows, args.out)
 
 
 NET = "conv32k5s2p2-conv64k3s2p1-dense501-dense10"
@@ -117,10 +127,7 @@ def cmd_net(args) -> None:
     layer joined by "+"), on one fixed batch of B random ±1 images with random labels, each
     against AMP on every layer; the configurations are timed round-robin, args.repeats rounds,
     and each keeps its best round, so that a shared CPU disturbs them alike."""
-    torch.set_num_threads(args.threads)
-    meta = dict(device=device_name("cpu"), threads=torch.get_num_threads(), batch=args.batch,
-                dtype="float32", commit=git_commit(), torch=torch.__version__)
-    print(", ".join(f"{k} {v}" for k, v in meta.items()))
+    meta = start(args)
     gen = torch.Generator().manual_seed(1)
     x = torch.randint(0, 2, (args.batch, 1, 28, 28), generator=gen).float() * 2 - 1
     y = torch.randint(0, 10, (args.batch,), generator=gen)
@@ -137,9 +144,7 @@ def cmd_net(args) -> None:
         rows.append(dict(case=f"{NET} bp_step, {name}", ms=best[name], amp_ms=best["amp"],
                          over_amp=best[name] / best["amp"], **meta))
         print(f"{name:<20} {best[name]:>9.1f} {best['amp']:>9.1f} {best[name] / best['amp']:>7.2f}")
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
+    write_rows(rows, args.out)
 
 
 def main(argv=None) -> None:

@@ -16,6 +16,7 @@ from .algorithms import ALGORITHMS
 from .distributed import init_from_environment, is_main_process
 from .arch import build_arch, mlp
 from .runlog import plot_errors
+from .sequential import algo_name
 from .train import Ramp, evaluate, fit, load_model
 
 MP_METHODS = ("bp",)  # message passing; the variant is --algo
@@ -228,7 +229,7 @@ def cmd_train(args) -> int:
     device = init_from_environment(resolve_device(args.device))
     data = load_data(args)
     message_passing = args.method == "bp"
-    method = (args.algo if isinstance(args.algo, str) else "+".join(args.algo)) \
+    method = (args.algo if isinstance(args.algo, str) else algo_name(args.algo)) \
         if message_passing else args.method
     run_dir = args.run_dir or default_run_dir(method)
     print(f"training {method} on {data.name} ({data.train_x.shape[0]} train / "
@@ -484,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if isinstance(getattr(args, "algo", None), list) and len(args.algo) == 1:
+    if isinstance(getattr(args, "algo", None), list) and len(set(args.algo)) == 1:
         args.algo = args.algo[0]  # one variant for every layer, recorded as a name
     return args.func(args)
 

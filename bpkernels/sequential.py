@@ -19,7 +19,7 @@ layer's backward reads only its own weights and the b of the layer above.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +40,12 @@ def _flatten_shape(flatten: nn.Flatten, shape: tuple) -> tuple:
     merged = full[start:end + 1]
     size = None if None in merged else int(torch.Size(merged).numel())
     return (*full[1:start], size, *full[end + 1:])
+
+
+def algo_name(algos: Sequence[str]) -> str:
+    """The name of a network's message-passing variants, one per layer: "amp" when every layer
+    runs the same one, else them all joined by "+" ("bpi+amp+amp+amp")."""
+    return algos[0] if len(set(algos)) == 1 else "+".join(algos)
 
 
 class BPSequential(nn.Module):
@@ -118,10 +124,8 @@ class BPSequential(nn.Module):
 
     @property
     def algo(self) -> str:
-        """The message-passing variant of the layers: "amp", or one per layer joined by "+"
-        for a network that mixes them ("bpi+amp+amp+amp")."""
-        algos = [layer.algo for layer in self.bp_layers]
-        return algos[0] if len(set(algos)) == 1 else "+".join(algos)
+        """The message-passing variant of the layers (:func:`algo_name`)."""
+        return algo_name([layer.algo for layer in self.bp_layers])
 
     @property
     def device(self) -> torch.device:
