@@ -151,7 +151,8 @@ def per_layer(value, name: str, n_layers: int) -> list:
     if value is None or isinstance(value, (int, float, str)):
         return [value] * n_layers
     if len(value) != n_layers:
-        raise ValueError(f"{name} needs one value per layer ({n_layers}), got {len(value)}")
+        raise ValueError(f"{name}: give one value or {n_layers} values (one per layer), "
+                         f"got {len(value)}")
     return list(value)
 
 

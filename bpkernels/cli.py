@@ -14,7 +14,7 @@ import torch
 from . import data as datasets
 from .algorithms import ALGORITHMS
 from .distributed import init_from_environment, is_main_process
-from .arch import build_arch, mlp
+from .arch import build_arch, mlp, per_layer
 from .runlog import plot_errors
 from .sequential import algo_name
 from .train import Ramp, evaluate, fit, load_model
@@ -95,9 +95,6 @@ def ramp_type(text: str) -> Ramp:
 
 
 def add_mp_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--algo", default="bpi", nargs="+", choices=list(ALGORITHMS),
-                   help="message-passing variant: one, or one per layer (e.g. --algo bpi amp amp "
-                        "amp: exact cavities on a first conv layer, AMP above it)")
     p.add_argument("--rho", type=float, nargs="*", default=None,
                    help="PasP exponent ρ: one value, or one per layer (default 1.0001 hidden, 0.9 output)")
     p.add_argument("--psi", type=float, nargs="*", default=[0.8],
@@ -132,12 +129,16 @@ def add_mp_options(p: argparse.ArgumentParser) -> None:
 
 
 def _per_layer(values, n_layers, option):
-    """One value of ``option`` for every layer, or one per layer (else a clear exit)."""
-    if values is None or isinstance(values, str) or len(values) == 0:
+    """An option given on the command line as one value for every layer or one per layer:
+    None, the one value, or the list (a wrong count exits naming ``option``)."""
+    if not values or isinstance(values, str):
         return values or None
-    return values[0] if len(values) == 1 else values if len(values) == n_layers else \
-        sys.exit(f"error: {option}: give one value or {n_layers} values (one per layer), "
-                 f"got {len(values)}")
+    if len(values) == 1:
+        return values[0]
+    try:
+        return per_layer(values, option, n_layers)
+    except ValueError as error:
+        sys.exit(f"error: {error}")
 
 
 def _weight_families(family: str, n_layers: int, binary_task: bool):
@@ -187,13 +188,18 @@ def run_message_passing(args, data, device, run_dir):
 
 
 def run_method(method: str, args, data, device, run_dir):
-    if method in ALGORITHMS:
-        args = argparse.Namespace(**{**vars(args), "algo": method})
-        return run_message_passing(args, data, device, run_dir)
+    """Trains one method of `compare`: a message-passing variant ("amp"), one variant per layer
+    joined by "+" ("bpi+amp+amp+amp", as :func:`algo_name` names it), or a gradient baseline."""
+    variants = method.split("+")
+    if all(variant in ALGORITHMS for variant in variants):
+        algo = variants[0] if len(variants) == 1 else variants
+        return run_message_passing(argparse.Namespace(**{**vars(args), "algo": algo}), data,
+                                   device, run_dir)
     from .baselines import BASELINE_METHODS, train_baseline
 
     if method not in BASELINE_METHODS:
-        raise SystemExit(f"error: unknown method {method!r}; choose from {tuple(ALGORITHMS) + BASELINE_METHODS}")
+        raise SystemExit(f"error: unknown method {method!r}; choose from "
+                         f"{tuple(ALGORITHMS) + BASELINE_METHODS}, or variants joined by +")
     return train_baseline(method, data, hidden=args.hidden, arch=getattr(args, "arch", None),
                           input_shape=input_shape(args), epochs=args.epochs,
                           batch_size=args.batch_size or 128, seed=args.seed, device=device,
@@ -418,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a binary network and write a run folder")
     add_common_options(p)
     add_mp_options(p)
+    p.add_argument("--algo", default="bpi", nargs="+", choices=list(ALGORITHMS),
+                   help="message-passing variant: one, or one per layer (e.g. --algo bpi amp amp "
+                        "amp: exact cavities on a first conv layer, AMP above it)")
     p.add_argument("--method", default="bp", choices=["bp", "ste", "bayesbinn", "st"],
                    help="bp: message passing (variant --algo); or a gradient baseline")
     p.add_argument("--run-dir", default=None, help="run folder (default runs/<method>-<time>)")
@@ -459,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_options(p)
     add_mp_options(p)
     p.add_argument("--methods", default="bpi,amp,mf,ste,bayesbinn",
-                   help="comma-separated: bp, bpi, amp, mf, ste, bayesbinn, st")
+                   help="comma-separated: bp, bpi, amp, mf, ste, bayesbinn, st, or one "
+                        "message-passing variant per layer joined by + (bpi+amp+amp+amp)")
     p.add_argument("--out", default=None, help="output folder (default runs/compare-<time>)")
     p.set_defaults(func=cmd_compare)
 

@@ -122,7 +122,7 @@ def test_per_layer_algorithms():
     net = bpk.build_arch("conv4k3s2p1-dense5-dense3", algo=("mf", "bpi", "amp"), num_classes=3,
                          input_shape=(1, 6, 6))
     assert [layer.algo for layer in net.bp_layers] == ["mf", "bpi", "amp"]
-    with pytest.raises(ValueError, match=r"algo needs one value per layer \(3\), got 2"):
+    with pytest.raises(ValueError, match=r"algo: give one value or 3 values \(one per layer\), got 2"):
         bpk.build_arch("conv4k3s2p1-dense5-dense3", algo=["bpi", "amp"], num_classes=3,
                        input_shape=(1, 6, 6))
     with pytest.raises(ValueError, match="algo must be one of"):

@@ -232,6 +232,30 @@ def test_cli_per_layer_algorithms(tmp_path, capsys):
             cli.main([*common, "--algo", *bad, "--epochs", "1", "--overwrite"])
 
 
+def test_cli_compare_per_layer_methods(tmp_path, capsys):
+    """compare names a per-layer method as the run does ("bpi+amp"); it trains the same network
+    as `train --algo bpi amp`. --algo belongs to train alone: compare and continual refuse it."""
+    common = ["--dataset", "teacher", "--task", "evenodd", "--subset", "64", "--test-subset", "32",
+              "--hidden", "7", "--epochs", "1", "--batch-size", "16", "--no-progress"]
+    out, run = tmp_path / "cmp", tmp_path / "train"
+    assert cli.main(["compare", *common, "--methods", "bpi+amp,amp", "--out", str(out)]) == 0
+    assert cli.main(["train", *common, "--algo", "bpi", "amp", "--run-dir", str(run)]) == 0
+    table = (out / "compare.md").read_text()
+    assert table.count("| bpi+amp |") == 1 and table.count("| amp |") == 1
+    model, _ = load_model(str(out / "bpi+amp" / "checkpoint.pt"))
+    assert [layer.algo for layer in model.bp_layers] == ["bpi", "amp"]
+    compared, trained = ([json.loads(line) for line in (folder / "metrics.jsonl").open()][-1]
+                         for folder in (out / "bpi+amp", run))
+    assert compared["test_error"] == trained["test_error"]
+    with pytest.raises(SystemExit, match="unknown method 'bpi\\+ste'"):
+        cli.main(["compare", *common, "--methods", "bpi+ste", "--out", str(out)])
+    capsys.readouterr()
+    for command in ("compare", "continual"):
+        with pytest.raises(SystemExit):
+            cli.main([command, *common, "--algo", "amp"])
+        assert "unrecognized arguments: --algo amp" in capsys.readouterr().err
+
+
 def test_cli_conv_architecture(tmp_path):
     run = tmp_path / "conv"
     assert cli.main(["train", "--dataset", "teacher", "--task", "evenodd", "--subset", "64",
