@@ -16,7 +16,7 @@ from .algorithms import ALGORITHMS
 from .distributed import init_from_environment, is_main_process
 from .arch import build_arch, mlp, per_layer
 from .runlog import plot_errors
-from .sequential import algo_name
+from .sequential import algo_name, ensemble_error
 from .train import Ramp, evaluate, fit, load_model
 
 MP_METHODS = ("bp",)  # message passing; the variant is --algo
@@ -249,18 +249,47 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _checkpoint_data(args, state: dict, dtype: torch.dtype) -> argparse.Namespace:
+    """The data options of a checkpoint's run (--dataset, --task, --data-dir override them)."""
+    cfg = state["config"]
+    return argparse.Namespace(dataset=args.dataset or cfg.get("dataset", "fashion-mnist"),
+                              task=args.task or cfg.get("task", "10class"),
+                              data_dir=args.data_dir or cfg.get("data_dir"),
+                              subset=cfg.get("subset"), test_subset=cfg.get("test_subset"),
+                              seed=cfg.get("seed", 0), dtype=str(dtype).replace("torch.", ""))
+
+
+def _same_data(a: argparse.Namespace, b: argparse.Namespace) -> bool:
+    """Whether two runs' data options load the same examples: the seed draws the teacher's data
+    and the subsets, and nothing else."""
+    seeded = a.dataset == "teacher" or a.subset or a.test_subset
+    return {**vars(a), **({} if seeded else {"seed": None})} == \
+        {**vars(b), **({} if seeded else {"seed": None})}
+
+
 def cmd_eval(args) -> int:
     device = resolve_device(args.device)
-    model, state = load_model(args.checkpoint, device=device, average=args.average)
-    cfg = state["config"]
-    ns = argparse.Namespace(dataset=args.dataset or cfg.get("dataset", "fashion-mnist"),
-                            task=args.task or cfg.get("task", "10class"),
-                            data_dir=args.data_dir or cfg.get("data_dir"), subset=cfg.get("subset"),
-                            test_subset=cfg.get("test_subset"), seed=cfg.get("seed", 0),
-                            dtype=str(model.bp_layers[0].field.dtype).replace("torch.", ""))
-    data = load_data(ns).to(device)
-    result = evaluate(model, data, bayes=True)
-    result["epoch"] = state["epoch"]
+    loaded = [load_model(checkpoint, device=device, average=args.average)
+              for checkpoint in args.checkpoint]
+    data_args = [_checkpoint_data(args, state, model.dtype) for model, state in loaded]
+    for checkpoint, other in zip(args.checkpoint[1:], data_args[1:]):
+        if not _same_data(data_args[0], other):
+            sys.exit(f"error: {checkpoint} was trained on other data than {args.checkpoint[0]} "
+                     f"({vars(other)} against {vars(data_args[0])}); an ensemble is evaluated "
+                     f"on one test set")
+    data = load_data(data_args[0]).to(device)
+    models = [model for model, _ in loaded]
+    if len(models) == 1:
+        result = {**evaluate(models[0], data, bayes=True), "epoch": loaded[0][1]["epoch"]}
+    else:  # the ensemble's errors, and each member's on the test set
+        result = {f"{part}_error{suffix}": ensemble_error(models, x, y, mode)
+                  for mode, suffix in (("pointwise", ""), ("bayes", "_bayes"))
+                  for part, x, y in (("train", data.train_x, data.train_y),
+                                     ("test", data.test_x, data.test_y))}
+        result.update(members=len(models), epochs=[state["epoch"] for _, state in loaded],
+                      members_test_error=[m.error(data.test_x, data.test_y) for m in models],
+                      members_test_error_bayes=[m.error(data.test_x, data.test_y, "bayes")
+                                                for m in models])
     print(json.dumps(result))
     return 0
 
@@ -433,8 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="resume from <run-dir>/checkpoint.pt")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="point-wise and Bayesian errors of a checkpoint")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("eval", help="point-wise and Bayesian errors of a checkpoint, or of the "
+                                    "ensemble of several (e.g. one per seed)")
+    p.add_argument("checkpoint", nargs="+",
+                   help="checkpoint.pt of a message-passing run; several: their ensemble, which "
+                        "decides on the mean of the members' output scores")
     p.add_argument("--dataset", default=None, choices=DATASETS)
     p.add_argument("--task", default=None, choices=list(datasets.TASKS))
     p.add_argument("--data-dir", default=None)

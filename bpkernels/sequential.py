@@ -334,7 +334,10 @@ class BPSequential(nn.Module):
     @torch.no_grad()
     def error(self, x: Tensor, y: Tensor, mode: str = "pointwise") -> float:
         """Fraction of misclassified samples; y as :meth:`bp_step` takes it ([B] classes or ±1)."""
-        pred = self.predict(x, mode)
+        return self.error_of(self.predict(x, mode), y)
+
+    def error_of(self, pred: Tensor, y: Tensor) -> float:
+        """Fraction of the predictions pred [B] (of this network's outputs) that miss y."""
         y = self.check_labels(y, pred.shape[0])
         return float((pred != y.reshape(-1).to(pred.dtype)).double().mean())
 
@@ -350,3 +353,10 @@ def ensemble_predict(models: list[BPSequential], x: Tensor, mode: str = "bayes")
     if len(outputs) > 1:
         raise ValueError(f"the models of an ensemble must have the same outputs, got {sorted(outputs, key=str)}")
     return models[0].decide(torch.stack([m.scores(x, mode) for m in models]).mean(dim=0))
+
+
+def ensemble_error(models: list[BPSequential], x: Tensor, y: Tensor, mode: str = "bayes") -> float:
+    """Fraction of samples that the ensemble's prediction (:func:`ensemble_predict`) misses; y
+    as :meth:`BPSequential.bp_step` takes it."""
+    pred = ensemble_predict(models, x, mode)  # refuses an empty or mismatched ensemble
+    return models[0].error_of(pred, y)

@@ -1,5 +1,6 @@
 """The trainer, the data loaders and the command line, end to end."""
 
+import argparse
 import gzip
 import json
 import os
@@ -208,6 +209,46 @@ def test_cli_train_eval_compare(tmp_path, capsys):
     table = (out / "compare.md").read_text()
     assert table.count("| bpi |") == 2 and table.count("| mf |") == 2
     assert (out / "compare.png").exists() and (out / "compare.csv").exists()
+
+
+def test_cli_eval_ensemble(tmp_path, capsys):
+    """eval of several checkpoints: the ensemble's errors (the mean of the members' scores,
+    bpkernels.ensemble_error) and each member's; checkpoints trained on other data are refused."""
+    common = ["--dataset", "teacher", "--task", "evenodd", "--subset", "300", "--test-subset", "200",
+              "--hidden", "9", "--epochs", "2", "--no-progress"]
+    runs = {name: tmp_path / name for name in ("amp", "mf", "seed1")}
+    for name, extra in (("amp", ["--algo", "amp"]), ("mf", ["--algo", "mf"]),
+                        ("seed1", ["--algo", "amp", "--seed", "1"])):
+        assert cli.main(["train", *common, *extra, "--run-dir", str(runs[name])]) == 0
+    capsys.readouterr()
+    checkpoints = [str(runs[name] / "checkpoint.pt") for name in ("amp", "mf")]
+    assert cli.main(["eval", *checkpoints]) == 0
+    result = json.loads(capsys.readouterr().out)
+    models = [load_model(c)[0] for c in checkpoints]
+    no_override = argparse.Namespace(dataset=None, task=None, data_dir=None)
+    test = cli.load_data(cli._checkpoint_data(no_override, load_model(checkpoints[0])[1],
+                                              torch.float32))
+    for mode, suffix in (("pointwise", ""), ("bayes", "_bayes")):
+        mean = sum(m.scores(test.test_x, mode) for m in models) / 2
+        pred = torch.where(mean[:, 0] >= 0, 1.0, -1.0)
+        assert result[f"test_error{suffix}"] == float((pred != test.test_y).double().mean())
+        assert result[f"members_test_error{suffix}"] == [m.error(test.test_x, test.test_y, mode)
+                                                        for m in models]
+    assert result["members"] == 2 and result["epochs"] == [2, 2]
+    assert result["members_test_error"][0] != result["members_test_error"][1]  # they differ
+    assert 0 <= result["train_error"] <= 1 and 0 <= result["train_error_bayes"] <= 1
+    with pytest.raises(SystemExit, match="seed1/checkpoint.pt was trained on other data"):
+        cli.main(["eval", checkpoints[0], str(runs["seed1"] / "checkpoint.pt")])
+
+
+def test_same_data_ignores_the_seed_only_where_it_draws_nothing():
+    base = dict(dataset="fashion-mnist", task="10class", data_dir=None, subset=None,
+                test_subset=None, dtype="float32")
+    one = lambda **kw: argparse.Namespace(**{**base, "seed": 0, **kw})  # noqa: E731
+    assert cli._same_data(one(), one(seed=1))
+    assert not cli._same_data(one(subset=100), one(subset=100, seed=1))
+    assert not cli._same_data(one(dataset="teacher"), one(dataset="teacher", seed=1))
+    assert not cli._same_data(one(), one(task="evenodd"))
 
 
 def test_cli_per_layer_algorithms(tmp_path, capsys):

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from benchmarks.common import device_name, git_commit  # noqa: E402
 from bpkernels import data as datasets  # noqa: E402
 from bpkernels.baselines import train_baseline  # noqa: E402
-from bpkernels import ensemble_predict  # noqa: E402
+from bpkernels import ensemble_error  # noqa: E402
 from bpkernels.runlog import CHECKPOINT  # noqa: E402
 from bpkernels.train import fit, load_model  # noqa: E402
 
@@ -139,17 +139,12 @@ def run_baseline(method: str, data, args, run_dir: str, seed: int, hidden: list[
 def final_networks(run_dirs: list[str], data, device) -> dict:
     """The final networks of message-passing runs (their checkpoints), on the test set: each
     one's Bayesian error, and the point-wise and Bayesian errors of their ensemble (the mean of
-    the members' output scores, :func:`bpkernels.ensemble_predict`), as fractions."""
+    the members' output scores, :func:`bpkernels.ensemble_error`), as fractions."""
     models = [load_model(os.path.join(run_dir, CHECKPOINT), device)[0] for run_dir in run_dirs]
     x, y = data.test_x.to(device), data.test_y.to(device)
-
-    def error(members, mode: str) -> float:
-        pred = ensemble_predict(members, x, mode)
-        return float((pred != y.to(pred.dtype)).double().mean())
-
-    return {"bayes": [error([m], "bayes") for m in models],
-            "ensemble_pointwise": error(models, "pointwise"),
-            "ensemble_bayes": error(models, "bayes")}
+    return {"bayes": [m.error(x, y, "bayes") for m in models],
+            "ensemble_pointwise": ensemble_error(models, x, y, "pointwise"),
+            "ensemble_bayes": ensemble_error(models, x, y, "bayes")}
 
 
 def keep_log(args, run_dir: str, name: str) -> None:
