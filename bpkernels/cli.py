@@ -229,7 +229,29 @@ def default_run_dir(kind: str) -> str:
     return os.path.join("runs", f"{kind}-{stamp}")
 
 
+# The options of train that one family of methods reads and the other does not.
+MESSAGE_PASSING_ONLY = ("algo", "rho", "psi", "init_std", "r", "r_step", "tau_max", "ramp",
+                        "average_from", "weights", "no_bayes")
+GRADIENT_ONLY = ("preset", "opt")
+
+
+def refuse_unread_options(args) -> None:
+    """Exits naming the options given to train that its --method does not read (a gradient
+    baseline reads no message-passing option, message passing no --preset or --opt)."""
+    defaults = build_parser().parse_args(["train"])
+    unread = GRADIENT_ONLY if args.method == "bp" else MESSAGE_PASSING_ONLY
+    given = ["--" + dest.replace("_", "-") for dest in unread
+             if getattr(args, dest) != getattr(defaults, dest)]
+    if given and args.method == "bp":
+        sys.exit(f"error: {', '.join(given)}: options of the gradient baselines (--method "
+                 f"ste|bayesbinn|st), which message passing does not read")
+    if given:
+        sys.exit(f"error: {', '.join(given)}: message-passing options, which --method "
+                 f"{args.method} does not read")
+
+
 def cmd_train(args) -> int:
+    refuse_unread_options(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = init_from_environment(resolve_device(args.device))

@@ -241,6 +241,27 @@ def test_cli_eval_ensemble(tmp_path, capsys):
         cli.main(["eval", checkpoints[0], str(runs["seed1"] / "checkpoint.pt")])
 
 
+def test_cli_train_refuses_options_its_method_does_not_read(tmp_path, capsys):
+    """A gradient baseline reads no message-passing option and message passing no --preset or
+    --opt: train names the ignored options instead of running without them. Options both read
+    (--density, --arch, ...) pass."""
+    common = ["train", "--dataset", "teacher", "--subset", "64", "--test-subset", "32",
+              "--hidden", "5", "--epochs", "1", "--batch-size", "16", "--no-progress",
+              "--run-dir", str(tmp_path / "run"), "--overwrite"]
+    with pytest.raises(SystemExit, match="--algo, --rho, --tau-max, --average-from: "
+                                         "message-passing options, which --method ste"):
+        cli.main([*common, "--method", "ste", "--algo", "amp", "--rho", "0.9", "--tau-max", "2",
+                  "--average-from", "1"])
+    for flag in (["--psi", "0.9"], ["--ramp", "psi:0.8:0.9:2"], ["--weights", "gaussian"],
+                 ["--no-bayes"], ["--init-std", "0.5"]):
+        with pytest.raises(SystemExit, match=f"^error: {flag[0]}: message-passing options"):
+            cli.main([*common, "--method", "bayesbinn", *flag])
+    with pytest.raises(SystemExit, match="--preset, --opt: options of the gradient baselines"):
+        cli.main([*common, "--preset", "binarynet-deepmp", "--opt", "lr=0.1"])
+    assert cli.main([*common, "--method", "ste", "--density", "0.5", "--opt", "lr=0.01"]) == 0
+    assert cli.main([*common, "--algo", "amp", "--density", "0.5", "--psi", "0.9"]) == 0
+
+
 def test_same_data_ignores_the_seed_only_where_it_draws_nothing():
     base = dict(dataset="fashion-mnist", task="10class", data_dir=None, subset=None,
                 test_subset=None, dtype="float32")
