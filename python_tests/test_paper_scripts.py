@@ -139,6 +139,10 @@ def test_paper_scripts_with_the_posterior_average(tmp_path):
     its runs and logs apart."""
     run_script("beyond", tmp_path, "--configs", "rho0.9999", "--average-from", "1")
     check_averaged_columns(tmp_path / "out", "beyond", "amp-rho0.9999-avg1-seed0.jsonl")
+    (row,) = read_csv(tmp_path / "out" / "beyond.csv")
+    for column in ("point-wise", "Bayesian"):  # an ensemble of one is that seed's average
+        assert row[f"ensemble of 1 averaged {column} %"] == \
+            row[f"averaged from epoch 1, {column} %"].split(" ± ")[0]
     state = load_checkpoint(str(tmp_path / "runs" / "mnist" / "amp-rho0.9999-avg1" / "seed0" /
                                 "checkpoint.pt"))
     assert state["config"]["average_from"] == 1 and state["trainer"]["average"]["count"] == 2

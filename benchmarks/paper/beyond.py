@@ -125,25 +125,28 @@ def main(argv=None) -> int:
             keep_log(args, run_folder(args, name, seed), f"{run_name(args, name)}-seed{seed}")
         results[name] = runs
 
+    ensembles = [("", False)] + ([("averaged ", True)] if args.average_from else [])
     header = ["configuration", "point-wise test error %", "Bayesian test error %",
-              *average_header(args), f"ensemble of {args.seeds} point-wise %",
-              f"ensemble of {args.seeds} Bayesian %", "point-wise train error %",
-              "seconds per epoch"]
+              *average_header(args),
+              *(f"ensemble of {args.seeds} {which}{mode} %" for which, _ in ensembles
+                for mode in ("point-wise", "Bayesian")),
+              "point-wise train error %", "seconds per epoch"]
     table = []
     for name, runs in results.items():
-        final = final_networks([run_folder(args, name, seed) for seed in range(args.seeds)], data,
-                               args.device)
-        ens_point, ens_bayes = 100 * final["ensemble_pointwise"], 100 * final["ensemble_bayes"]
+        folders = [run_folder(args, name, seed) for seed in range(args.seeds)]
+        finals = [final_networks(folders, data, args.device, average) for _, average in ensembles]
         seconds = [r["seconds"] for rows in runs for r in rows]
         table.append([label(args, name), fmt(mean_std([r[-1]["test_error"] for r in runs])),
                       fmt(mean_std([r[-1]["test_error_bayes"] for r in runs])),
                       *average_cells(args, runs),
-                      f"{ens_point:.2f}", f"{ens_bayes:.2f}",
+                      *(f"{100 * final[key]:.2f}" for final in finals
+                        for key in ("ensemble_pointwise", "ensemble_bayes")),
                       fmt(mean_std([r[-1]["train_error"] for r in runs])),
                       f"{sum(seconds) / len(seconds):.1f}"])
     footer = (f"Fashion-MNIST 10 classes, {args.algo}, B = 128; errors at the last epoch "
               f"({args.epochs}), mean ± sample std over {args.seeds} seed(s); the ensemble "
-              f"averages the final networks' output scores over the seeds. Seconds per epoch: "
+              f"averages the final networks' output scores over the seeds (the averaged "
+              f"ensemble: those of their posterior averages). Seconds per epoch: "
               f"training only, mean over the runs, 1 configuration at a time per process. "
               f"Compare with {GOAL}.")
     write_table(args, "beyond", header, table,

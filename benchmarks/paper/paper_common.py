@@ -136,11 +136,13 @@ def run_baseline(method: str, data, args, run_dir: str, seed: int, hidden: list[
                           resume=_resume(run_dir), preset=preset, overwrite=True, **options)
 
 
-def final_networks(run_dirs: list[str], data, device) -> dict:
-    """The final networks of message-passing runs (their checkpoints), on the test set: each
-    one's Bayesian error, and the point-wise and Bayesian errors of their ensemble (the mean of
-    the members' output scores, :func:`bpkernels.ensemble_error`), as fractions."""
-    models = [load_model(os.path.join(run_dir, CHECKPOINT), device)[0] for run_dir in run_dirs]
+def final_networks(run_dirs: list[str], data, device, average: bool = False) -> dict:
+    """The final networks of message-passing runs (their checkpoints; ``average``: their
+    posterior averages), on the test set: each one's Bayesian error, and the point-wise and
+    Bayesian errors of their ensemble (the mean of the members' output scores,
+    :func:`bpkernels.ensemble_error`), as fractions."""
+    models = [load_model(os.path.join(run_dir, CHECKPOINT), device, average=average)[0]
+              for run_dir in run_dirs]
     x, y = data.test_x.to(device), data.test_y.to(device)
     return {"bayes": [m.error(x, y, "bayes") for m in models],
             "ensemble_pointwise": ensemble_error(models, x, y, "pointwise"),
