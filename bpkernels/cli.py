@@ -293,6 +293,9 @@ def cmd_eval(args) -> int:
     device = resolve_device(args.device)
     loaded = [load_model(checkpoint, device=device, average=args.average)
               for checkpoint in args.checkpoint]
+    dtypes = sorted({str(model.dtype) for model, _ in loaded})
+    if len(dtypes) > 1:
+        sys.exit(f"error: the members of an ensemble must share a dtype, got {', '.join(dtypes)}")
     data_args = [_checkpoint_data(args, state, model.dtype) for model, state in loaded]
     for checkpoint, other in zip(args.checkpoint[1:], data_args[1:]):
         if not _same_data(data_args[0], other):

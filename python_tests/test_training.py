@@ -239,6 +239,10 @@ def test_cli_eval_ensemble(tmp_path, capsys):
     assert 0 <= result["train_error"] <= 1 and 0 <= result["train_error_bayes"] <= 1
     with pytest.raises(SystemExit, match="seed1/checkpoint.pt was trained on other data"):
         cli.main(["eval", checkpoints[0], str(runs["seed1"] / "checkpoint.pt")])
+    assert cli.main(["train", *common, "--algo", "amp", "--dtype", "float64",
+                     "--run-dir", str(tmp_path / "f64")]) == 0
+    with pytest.raises(SystemExit, match="must share a dtype, got torch.float32, torch.float64"):
+        cli.main(["eval", checkpoints[0], str(tmp_path / "f64" / "checkpoint.pt")])
 
 
 def test_cli_train_refuses_options_its_method_does_not_read(tmp_path, capsys):
