@@ -357,7 +357,8 @@ def continual_trainer(method: str, args, data, n_train: int, device):
         # --rho overrides both settings (one value, or one per layer)
         rho = _per_layer(args.rho, len(sizes) - 1, "--rho") if args.rho else (None if variant else 1.0)
         model = mlp(sizes, algo=algo, output="sign" if data.binary else "argmax", rho=rho,
-                    psi=args.psi[0] if args.psi else 0.8, seed=args.seed,
+                    psi=_per_layer(args.psi, len(sizes) - 1, "--psi") or 0.8, r=args.r,
+                    init_std=args.init_std, density=args.density, seed=args.seed,
                     dtype=getattr(torch, args.dtype), device=device,
                     weights=_weight_families("gaussian" if algo == "cbpi" else "binary",
                                              len(sizes) - 1, data.binary))
@@ -366,12 +367,14 @@ def continual_trainer(method: str, args, data, n_train: int, device):
         if anchor == "all":  # the new task's evidence accumulates over --anchor-window epochs
             batches = max(1, n_train // args.batch_size) if args.batch_size else 1
             anchor_rho = 1.0 - 1.0 / (args.anchor_window * batches)
-        return MessagePassingTrainer(model, tau_max=args.tau_max, eval_bayes=False, method=method,
-                                     anchor=anchor, anchor_rho=anchor_rho)
+        return MessagePassingTrainer(model, tau_max=args.tau_max, r_step=args.r_step,
+                                     eval_bayes=False, method=method, anchor=anchor,
+                                     anchor_rho=anchor_rho)
     from .baselines import make_trainer
 
     base, preset = ("ste", "metaplastic") if method == "meta" else (method, None)
-    options = parse_options(args.opt)
+    options = {**({"density": args.density} if args.density is not None else {}),
+               **parse_options(args.opt)}
     if base == "bayesbinn":
         options.setdefault("mc_samples", 0)  # per-task accuracies are point-wise
     steps = args.epochs_per_task * (n_train // args.batch_size)
@@ -382,9 +385,14 @@ def continual_trainer(method: str, args, data, n_train: int, device):
 def cmd_continual(args) -> int:
     from . import continual
 
-    for flag, value in (("--ramp", args.ramp), ("--average-from", args.average_from)):
-        if value:
-            sys.exit(f"error: {flag} is not supported by continual (its epochs restart every task)")
+    unsupported = {"--ramp": (args.ramp, "its epochs restart every task"),
+                   "--average-from": (args.average_from, "its epochs restart every task"),
+                   "--arch": (args.arch, "it trains MLPs of --hidden"),
+                   "--weights": (args.weights != "binary", "name the method cbpi for Gaussian "
+                                                           "weights")}
+    for flag, (given, why) in unsupported.items():
+        if given:
+            sys.exit(f"error: {flag} is not supported by continual ({why})")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = init_from_environment(resolve_device(args.device))

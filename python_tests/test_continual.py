@@ -15,6 +15,7 @@ from bpkernels import BPSequential, cli, continual, data, mlp
 from bpkernels.baselines import make_trainer
 from bpkernels.gaussian import GaussianBPLinear
 from bpkernels.layers import BPLinear
+from bpkernels.runlog import load_checkpoint
 from bpkernels.train import MessagePassingTrainer, load_model
 
 
@@ -251,3 +252,29 @@ def test_continual_command_end_to_end(tmp_path, capsys):
     table = (out / "summary.md").read_text()
     assert all(f"| {m} |" in table for m in ("amp", "amp-default", "amp-anchored", "ste", "meta"))
     assert "summary" not in os.listdir(out / "amp")
+
+
+def test_continual_command_reads_the_layer_options_or_refuses_them(tmp_path):
+    """continual builds its MLPs with --psi (one per layer), --r, --r-step, --init-std and
+    --density, as train does, and masks the gradient baselines with --density too; --arch and
+    --weights, which it cannot honour, are refused by name."""
+    common = ["continual", "--dataset", "teacher", "--subset", "120", "--test-subset", "60",
+              "--hidden", "9", "--tasks", "2", "--epochs-per-task", "1", "--batch-size", "10",
+              "--no-progress"]
+    out = tmp_path / "cl"
+    assert cli.main([*common, "--methods", "amp-default,ste", "--psi", "0.9", "0.7",
+                     "--r", "0.1", "--r-step", "0.01", "--init-std", "0.5", "--density", "0.5",
+                     "--out", str(out)]) == 0
+    model, state = load_model(str(out / "amp-default" / "task-1" / "checkpoint.pt"))
+    assert [(l.psi, l.init_std, l.density) for l in model.bp_layers] == [(0.9, 0.5, 0.5),
+                                                                        (0.7, 0.5, 0.5)]
+    # r_step grows r after the first 10 mini-batches (2 tasks × 12 here); r stays 0.1 without it
+    assert model.bp_layers[0].r == model.bp_layers[1].r > 0.1
+    assert all(0.3 < float(l.mask.float().mean()) < 0.7 for l in model.bp_layers)
+    ste = load_checkpoint(str(out / "ste" / "task-1" / "checkpoint.pt"))["trainer"]["model"]
+    for i, layer in enumerate(model.bp_layers):  # the masks message passing drew, seed for seed
+        assert torch.equal(ste[f"mask_{i}"], layer.mask.to(ste[f"mask_{i}"].dtype))
+    for flag, why in ((["--arch", "dense9-dense10"], "it trains MLPs of --hidden"),
+                      (["--weights", "gaussian"], "name the method cbpi")):
+        with pytest.raises(SystemExit, match=f"{flag[0]} is not supported by continual \\({why}"):
+            cli.main([*common, *flag, "--out", str(tmp_path / "refused")])
