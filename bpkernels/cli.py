@@ -448,7 +448,10 @@ def cmd_predict(args) -> int:
                             dtype=str(net.dtype).replace("torch.", ""))
     data = load_data(ns)
     start = time.perf_counter()
-    error = net.error(data.test_x, data.test_y)
+    try:
+        error = net.error(data.test_x, data.test_y)
+    except ValueError as exc:
+        raise SystemExit(f"error: the network does not fit {data.name}'s examples: {exc}") from None
     print(json.dumps({"test_error": error, "test_samples": int(data.test_x.shape[0]),
                       "seconds": round(time.perf_counter() - start, 4),
                       "threads": torch.get_num_threads()}))
@@ -547,10 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="test error of a packed network (XNOR-popcount kernels)")
     p.add_argument("packed", help="a file written by `bpkernels export`")
-    p.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "teacher"])
+    p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS)
     p.add_argument("--task", default=None, choices=list(datasets.TASKS),
                    help="default: evenodd for a sign output, 10class for an argmax output")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", default=None,
+                   help="folder of the dataset's files (as for train)")
     p.add_argument("--test-subset", type=int, default=None, help="use this many test examples")
     p.add_argument("--seed", type=int, default=0, help="seed of the test subset draw")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")

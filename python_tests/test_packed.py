@@ -17,7 +17,7 @@ from bpkernels import packed_reference as ref
 from bpkernels import BPConv2d, build_arch
 from bpkernels import BPLinear, BPMaxPool2d, BPSequential, mlp
 from bpkernels.packed import PackedFormatError, PackedNet, export, load_packed, read_packed
-from bpkernels.train import fit
+from bpkernels.train import fit, load_model
 
 from helpers import fashion_mnist_or_skip
 
@@ -364,3 +364,28 @@ def test_cuda_packed_net(tmp_path, spec):
     path = tmp_path / "net.bpk"
     export(model, path)
     assert torch.equal(load_packed(path, device="cuda")(x.cuda()).cpu(), model(x))
+
+
+def test_cli_predict_reads_the_other_datasets(tmp_path, capsys):
+    """predict takes --dataset mnist|cifar10 --data-dir as train does; a network that does not
+    fit the dataset's examples is refused naming both shapes."""
+    from test_datasets import make_cifar, make_mnist
+
+    mnist, cifar = tmp_path / "mnist", tmp_path / "cifar"
+    make_mnist(str(mnist), n_train=60, n_test=30)
+    make_cifar(str(cifar))
+    run = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "mnist", "--data-dir", str(mnist), "--hidden", "9",
+                     "--epochs", "1", "--batch-size", "20", "--no-progress",
+                     "--run-dir", str(run)]) == 0
+    out = tmp_path / "net.bpk"
+    assert cli.main(["export", str(run / "checkpoint.pt"), str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["predict", str(out), "--dataset", "mnist", "--data-dir", str(mnist)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    model, _ = load_model(str(run / "checkpoint.pt"))
+    test = data.load_mnist(str(mnist))
+    assert result["test_samples"] == 30
+    assert result["test_error"] == pytest.approx(model.error(test.test_x, test.test_y))
+    with pytest.raises(SystemExit, match=r"does not fit cifar10.*\[B, 784\], got \[8, 3072\]"):
+        cli.main(["predict", str(out), "--dataset", "cifar10", "--data-dir", str(cifar)])
