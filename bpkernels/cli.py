@@ -289,10 +289,18 @@ def _same_data(a: argparse.Namespace, b: argparse.Namespace) -> bool:
         {**vars(b), **({} if seeded else {"seed": None})}
 
 
+def _load_checkpoint(path: str, device, average: bool):
+    """load_model for the command line: a file that is no message-passing checkpoint (a gradient
+    baseline's, or one without the posterior average asked for) exits in one line."""
+    try:
+        return load_model(path, device=device, average=average)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 def cmd_eval(args) -> int:
     device = resolve_device(args.device)
-    loaded = [load_model(checkpoint, device=device, average=args.average)
-              for checkpoint in args.checkpoint]
+    loaded = [_load_checkpoint(checkpoint, device, args.average) for checkpoint in args.checkpoint]
     dtypes = sorted({str(model.dtype) for model, _ in loaded})
     if len(dtypes) > 1:
         sys.exit(f"error: the members of an ensemble must share a dtype, got {', '.join(dtypes)}")
@@ -417,7 +425,7 @@ def cmd_continual(args) -> int:
 def cmd_export(args) -> int:
     from .packed import export
 
-    model, _ = load_model(args.checkpoint, device="cpu", average=args.average)
+    model, _ = _load_checkpoint(args.checkpoint, "cpu", args.average)
     header = export(model, args.out)
     float_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values()
                       if t is not None)

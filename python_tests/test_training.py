@@ -237,6 +237,14 @@ def test_cli_eval_ensemble(tmp_path, capsys):
     assert result["members"] == 2 and result["epochs"] == [2, 2]
     assert result["members_test_error"][0] != result["members_test_error"][1]  # they differ
     assert 0 <= result["train_error"] <= 1 and 0 <= result["train_error_bayes"] <= 1
+    ste = tmp_path / "ste"
+    assert cli.main(["train", *common, "--method", "ste", "--run-dir", str(ste)]) == 0
+    for command in (["eval", str(ste / "checkpoint.pt")],
+                    ["export", str(ste / "checkpoint.pt"), str(tmp_path / "ste.bpk")]):
+        with pytest.raises(SystemExit, match="ste/checkpoint.pt is not a bpkernels message-passing"):
+            cli.main(command)
+    with pytest.raises(SystemExit, match="holds no posterior average"):
+        cli.main(["eval", *checkpoints, "--average"])
     with pytest.raises(SystemExit, match="seed1/checkpoint.pt was trained on other data"):
         cli.main(["eval", checkpoints[0], str(runs["seed1"] / "checkpoint.pt")])
     assert cli.main(["train", *common, "--algo", "amp", "--dtype", "float64",
