@@ -319,10 +319,8 @@ def test_cli_weights_gaussian(tmp_path):
 
 
 def test_cli_continual_cbpi_builds_gaussian_layers():
-    import argparse
-
     ds = data.teacher_student(100, 50, (20, 5, 3), seed=0)
-    args = argparse.Namespace(hidden=[7], rho=None, psi=None, seed=0, dtype="float64", tau_max=1)
+    args = cli.build_parser().parse_args(["continual", "--hidden", "7", "--dtype", "float64"])
     trainer = cli.continual_trainer("cbpi", args, ds, 100, "cpu")
     assert [type(layer) for layer in trainer.model.bp_layers] == [GaussianBPLinear, BPLinear]
     assert all(layer.rho == 1.0 for layer in trainer.model.bp_layers)
