@@ -64,6 +64,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an int >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="fashion-mnist", choices=DATASETS,
                    help="Fashion-MNIST, MNIST or CIFAR-10 (their standard files in --data-dir), "
@@ -77,7 +88,8 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-subset", type=positive_int, default=None, help="use this many test examples")
     p.add_argument("--hidden", type=int, nargs="*", default=[501, 501], help="hidden layer sizes")
     p.add_argument("--epochs", type=positive_int, default=100)
-    p.add_argument("--batch-size", type=int, default=128, help="mini-batch size; 0 = full batch")
+    p.add_argument("--batch-size", type=non_negative_int, default=128,
+                   help="mini-batch size; 0 = one batch of all the training examples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -190,8 +202,8 @@ def run_message_passing(args, data, device, run_dir):
 def run_method(method: str, args, data, device, run_dir):
     """Trains one method of `compare`: a message-passing variant ("amp"), one variant per layer
     joined by "+" ("bpi+amp+amp+amp", as :func:`algo_name` names it), or a gradient baseline."""
-    variants = method.split("+")
-    if all(variant in ALGORITHMS for variant in variants):
+    if is_message_passing(method):
+        variants = method.split("+")
         algo = variants[0] if len(variants) == 1 else variants
         return run_message_passing(argparse.Namespace(**{**vars(args), "algo": algo}), data,
                                    device, run_dir)
@@ -202,7 +214,8 @@ def run_method(method: str, args, data, device, run_dir):
                          f"{tuple(ALGORITHMS) + BASELINE_METHODS}, or variants joined by +")
     return train_baseline(method, data, hidden=args.hidden, arch=getattr(args, "arch", None),
                           input_shape=input_shape(args), epochs=args.epochs,
-                          batch_size=args.batch_size or 128, seed=args.seed, device=device,
+                          batch_size=args.batch_size or data.train_x.shape[0], seed=args.seed,
+                          device=device,
                           run_dir=run_dir, progress=not args.no_progress,
                           resume=getattr(args, "resume", False), preset=args.preset,
                           overwrite=args.overwrite,
@@ -235,27 +248,46 @@ MESSAGE_PASSING_ONLY = ("algo", "rho", "psi", "init_std", "r", "r_step", "tau_ma
 GRADIENT_ONLY = ("preset", "opt")
 
 
-def refuse_unread_options(args) -> None:
-    """Exits naming the options given to train that its --method does not read (a gradient
-    baseline reads no message-passing option, message passing no --preset or --opt)."""
-    defaults = build_parser().parse_args(["train"])
-    unread = GRADIENT_ONLY if args.method == "bp" else MESSAGE_PASSING_ONLY
-    given = ["--" + dest.replace("_", "-") for dest in unread
-             if getattr(args, dest) != getattr(defaults, dest)]
-    if given and args.method == "bp":
-        sys.exit(f"error: {', '.join(given)}: options of the gradient baselines (--method "
-                 f"ste|bayesbinn|st), which message passing does not read")
-    if given:
-        sys.exit(f"error: {', '.join(given)}: message-passing options, which --method "
-                 f"{args.method} does not read")
+def refuse_unread_options(args, message_passing: bool, gradient: bool, methods: str) -> None:
+    """Exits naming the options given to the command that none of its methods reads: the
+    message-passing options when it trains no message passing, --preset and --opt when it trains
+    no gradient baseline (``methods`` names the methods in the message)."""
+    defaults = build_parser().parse_args([args.command])
+
+    def given(dests):
+        return ["--" + dest.replace("_", "-") for dest in dests
+                if getattr(args, dest, None) != getattr(defaults, dest, None)]
+
+    if not gradient and given(GRADIENT_ONLY):
+        sys.exit(f"error: {', '.join(given(GRADIENT_ONLY))}: options of the gradient baselines "
+                 f"(ste, bayesbinn, st), which {methods} does not read")
+    if not message_passing and given(MESSAGE_PASSING_ONLY):
+        sys.exit(f"error: {', '.join(given(MESSAGE_PASSING_ONLY))}: message-passing options, "
+                 f"which {methods} does not read")
+
+
+def check_batch_size(args, n_train: int) -> None:
+    """Exits when --batch-size cannot cut the n_train training examples into mini-batches."""
+    if args.batch_size > n_train:
+        sys.exit(f"error: --batch-size {args.batch_size} is larger than the {n_train} training "
+                 f"examples; give at most {n_train}, or 0 for one batch of all of them")
+
+
+def is_message_passing(method: str) -> bool:
+    """Whether a method of compare names message passing: a variant ("amp"), or one variant
+    per layer joined by "+" ("bpi+amp+amp+amp")."""
+    return all(variant in ALGORITHMS for variant in method.split("+"))
 
 
 def cmd_train(args) -> int:
-    refuse_unread_options(args)
+    refuse_unread_options(args, message_passing=args.method == "bp",
+                          gradient=args.method != "bp",
+                          methods="message passing" if args.method == "bp" else f"--method {args.method}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = init_from_environment(resolve_device(args.device))
     data = load_data(args)
+    check_batch_size(args, data.train_x.shape[0])
     message_passing = args.method == "bp"
     method = (args.algo if isinstance(args.algo, str) else algo_name(args.algo)) \
         if message_passing else args.method
@@ -328,12 +360,16 @@ def cmd_eval(args) -> int:
 
 
 def cmd_compare(args) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    message_passing = [is_message_passing(method) for method in methods]
+    refuse_unread_options(args, message_passing=any(message_passing),
+                          gradient=not all(message_passing), methods=f"--methods {args.methods}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = init_from_environment(resolve_device(args.device))
     data = load_data(args)
+    check_batch_size(args, data.train_x.shape[0])
     out_dir = args.out or default_run_dir("compare")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     results = {}
     for method in methods:
         print(f"== {method}")
@@ -373,7 +409,7 @@ def continual_trainer(method: str, args, data, n_train: int, device):
         anchor = args.anchor if variant == "anchored" else "none"
         anchor_rho = None
         if anchor == "all":  # the new task's evidence accumulates over --anchor-window epochs
-            batches = max(1, n_train // args.batch_size) if args.batch_size else 1
+            batches = n_train // args.batch_size
             anchor_rho = 1.0 - 1.0 / (args.anchor_window * batches)
         return MessagePassingTrainer(model, tau_max=args.tau_max, r_step=args.r_step,
                                      eval_bayes=False, method=method, anchor=anchor,
@@ -397,17 +433,26 @@ def cmd_continual(args) -> int:
                    "--average-from": (args.average_from, "its epochs restart every task"),
                    "--arch": (args.arch, "it trains MLPs of --hidden"),
                    "--weights": (args.weights != "binary", "name the method cbpi for Gaussian "
-                                                           "weights")}
+                                                           "weights"),
+                   "--preset": (args.preset, "the method meta is STE with the metaplastic "
+                                             "preset"),
+                   "--batch-size 0": (args.batch_size == 0, "message passing learns a task on "
+                                      "top of the last through the posterior it carries as the "
+                                      "prior, which full-batch mode drops")}
     for flag, (given, why) in unsupported.items():
         if given:
             sys.exit(f"error: {flag} is not supported by continual ({why})")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    message_passing = [m.partition("-")[0] in ALGORITHMS for m in methods]
+    refuse_unread_options(args, message_passing=any(message_passing),
+                          gradient=not all(message_passing), methods=f"--methods {args.methods}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = init_from_environment(resolve_device(args.device))
     base = load_data(args)
+    check_batch_size(args, base.train_x.shape[0])
     tasks = continual.permuted_tasks(base, args.tasks, seed=args.seed)
     out_dir = args.out or default_run_dir("continual")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     results = {}
     for method in methods:
         print(f"== {method}: {args.tasks} tasks × {args.epochs_per_task} epochs")

@@ -274,6 +274,52 @@ def test_cli_train_refuses_options_its_method_does_not_read(tmp_path, capsys):
     assert cli.main([*common, "--algo", "amp", "--density", "0.5", "--psi", "0.9"]) == 0
 
 
+def test_cli_compare_refuses_options_none_of_its_methods_reads(tmp_path):
+    """compare reads the message-passing options when one of its methods is message passing
+    and --preset/--opt when one is a gradient baseline; otherwise it names them."""
+    common = ["compare", "--dataset", "teacher", "--subset", "64", "--test-subset", "32",
+              "--hidden", "5", "--epochs", "1", "--batch-size", "16", "--no-progress",
+              "--out", str(tmp_path / "cmp")]
+    with pytest.raises(SystemExit, match="^error: --rho, --psi: message-passing options, which "
+                                         "--methods ste,bayesbinn does not read"):
+        cli.main([*common, "--methods", "ste,bayesbinn", "--rho", "0.9", "--psi", "0.7"])
+    with pytest.raises(SystemExit, match="^error: --opt: options of the gradient baselines "
+                                         "\\(ste, bayesbinn, st\\), which --methods bpi\\+amp does not"):
+        cli.main([*common, "--methods", "bpi+amp", "--opt", "lr=0.1"])
+    assert cli.main([*common, "--methods", "amp,ste", "--psi", "0.7", "--opt", "lr=0.01"]) == 0
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "continual"])
+def test_cli_batch_size_larger_than_the_training_set_is_refused(tmp_path, command):
+    """A mini-batch larger than the training set exits in one line naming both sizes (it was a
+    traceback from fit); a negative one is refused by the parser."""
+    base = [command, "--dataset", "teacher", "--subset", "64", "--test-subset", "32",
+            "--hidden", "5", "--no-progress"]
+    base += {"train": ["--epochs", "1", "--run-dir", str(tmp_path / "r")],
+             "compare": ["--epochs", "1", "--methods", "amp,ste", "--out", str(tmp_path / "c")],
+             "continual": ["--tasks", "2", "--epochs-per-task", "1", "--methods", "amp,ste",
+                           "--out", str(tmp_path / "cl")]}[command]
+    with pytest.raises(SystemExit, match="^error: --batch-size 65 is larger than the 64 "
+                                         "training examples; give at most 64, or 0"):
+        cli.main([*base, "--batch-size", "65"])
+    with pytest.raises(SystemExit):
+        cli.main([*base, "--batch-size", "-1"])
+
+
+def test_cli_full_batch_trains_the_gradient_baselines_on_one_batch_too(tmp_path):
+    """--batch-size 0 in compare means one batch of all the training examples for every method
+    (a gradient baseline used 128 instead); continual refuses it by name (it divided by zero)."""
+    common = ["--dataset", "teacher", "--subset", "64", "--test-subset", "32", "--hidden", "5",
+              "--no-progress", "--batch-size", "0", "--methods", "amp,ste"]
+    assert cli.main(["compare", *common, "--epochs", "1", "--out", str(tmp_path / "c")]) == 0
+    for method in ("amp", "ste"):
+        config = json.load(open(tmp_path / "c" / method / "config.json"))
+        assert config["batch_size"] == 64
+    with pytest.raises(SystemExit, match="--batch-size 0 is not supported by continual"):
+        cli.main(["continual", *common, "--tasks", "2", "--epochs-per-task", "1",
+                  "--out", str(tmp_path / "cl")])
+
+
 def test_same_data_ignores_the_seed_only_where_it_draws_nothing():
     base = dict(dataset="fashion-mnist", task="10class", data_dir=None, subset=None,
                 test_subset=None, dtype="float32")
