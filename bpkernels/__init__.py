@@ -17,13 +17,14 @@ from .gaussian import GaussianBPLinear
 from .layers import BPLayer, BPLinear, register_layer
 from .packed import export, load_packed
 from .pool import BPMaxPool2d
-from .sequential import BPSequential, ensemble_error, ensemble_predict
+from .sequential import BPSequential, ensemble_error, ensemble_errors, ensemble_predict
 from .train import MessagePassingTrainer, Ramp, Trainer, evaluate, fit, load_model
 
 __version__ = "0.2.0"
 
 __all__ = ["ALGORITHMS", "Algorithm", "BPConv2d", "BPLayer", "BPLinear", "BPMaxPool2d",
            "BPSequential", "GaussianBPLinear", "MessagePassingTrainer", "PosteriorAverage",
-           "Ramp", "Trainer", "build_arch", "data", "ensemble_error", "ensemble_predict",
-           "evaluate", "export", "fit", "load_model", "load_packed", "mlp", "ops", "parse_arch",
+           "Ramp", "Trainer", "build_arch", "data", "ensemble_error", "ensemble_errors",
+           "ensemble_predict", "evaluate", "export", "fit", "load_model", "load_packed", "mlp",
+           "ops", "parse_arch",
            "reference", "register_algorithm", "register_layer", "__version__"]

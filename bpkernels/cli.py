@@ -16,7 +16,7 @@ from .algorithms import ALGORITHMS
 from .distributed import init_from_environment, is_main_process
 from .arch import build_arch, mlp, per_layer
 from .runlog import plot_errors
-from .sequential import algo_name, ensemble_error
+from .sequential import algo_name, ensemble_error, ensemble_errors
 from .train import Ramp, evaluate, fit, load_model
 
 MP_METHODS = ("bp",)  # message passing; the variant is --algo
@@ -347,14 +347,12 @@ def cmd_eval(args) -> int:
     if len(models) == 1:
         result = {**evaluate(models[0], data, bayes=True), "epoch": loaded[0][1]["epoch"]}
     else:  # the ensemble's errors, and each member's on the test set
-        result = {f"{part}_error{suffix}": ensemble_error(models, x, y, mode)
-                  for mode, suffix in (("pointwise", ""), ("bayes", "_bayes"))
-                  for part, x, y in (("train", data.train_x, data.train_y),
-                                     ("test", data.test_x, data.test_y))}
-        result.update(members=len(models), epochs=[state["epoch"] for _, state in loaded],
-                      members_test_error=[m.error(data.test_x, data.test_y) for m in models],
-                      members_test_error_bayes=[m.error(data.test_x, data.test_y, "bayes")
-                                                for m in models])
+        result = {"members": len(models), "epochs": [state["epoch"] for _, state in loaded]}
+        for mode, suffix in (("pointwise", ""), ("bayes", "_bayes")):
+            result[f"train_error{suffix}"] = ensemble_error(models, data.train_x, data.train_y,
+                                                            mode)
+            result[f"test_error{suffix}"], result[f"members_test_error{suffix}"] = \
+                ensemble_errors(models, data.test_x, data.test_y, mode)
     print(json.dumps(result))
     return 0
 

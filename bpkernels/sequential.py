@@ -342,21 +342,37 @@ class BPSequential(nn.Module):
         return float((pred != y.reshape(-1).to(pred.dtype)).double().mean())
 
 
-@torch.no_grad()
-def ensemble_predict(models: list[BPSequential], x: Tensor, mode: str = "bayes") -> Tensor:
-    """The prediction of an ensemble of networks of the same outputs (e.g. one per seed),
-    [B]: the decision on the mean of their :meth:`BPSequential.scores`. In Bayesian mode this
-    averages the predictive means x̂ of every network's posterior, a mixture of posteriors."""
+def _check_ensemble(models: list[BPSequential]) -> None:
     if not models:
         raise ValueError("an ensemble needs at least one model")
     outputs = {(m.bp_layers[-1].output, m.num_classes) for m in models}
     if len(outputs) > 1:
         raise ValueError(f"the models of an ensemble must have the same outputs, got {sorted(outputs, key=str)}")
+
+
+@torch.no_grad()
+def ensemble_predict(models: list[BPSequential], x: Tensor, mode: str = "bayes") -> Tensor:
+    """The prediction of an ensemble of networks of the same outputs (e.g. one per seed),
+    [B]: the decision on the mean of their :meth:`BPSequential.scores`. In Bayesian mode this
+    averages the predictive means x̂ of every network's posterior, a mixture of posteriors."""
+    _check_ensemble(models)
     return models[0].decide(torch.stack([m.scores(x, mode) for m in models]).mean(dim=0))
 
 
 def ensemble_error(models: list[BPSequential], x: Tensor, y: Tensor, mode: str = "bayes") -> float:
     """Fraction of samples that the ensemble's prediction (:func:`ensemble_predict`) misses; y
     as :meth:`BPSequential.bp_step` takes it."""
-    pred = ensemble_predict(models, x, mode)  # refuses an empty or mismatched ensemble
-    return models[0].error_of(pred, y)
+    _check_ensemble(models)
+    return models[0].error_of(ensemble_predict(models, x, mode), y)
+
+
+@torch.no_grad()
+def ensemble_errors(models: list[BPSequential], x: Tensor, y: Tensor,
+                    mode: str = "bayes") -> tuple[float, list[float]]:
+    """The error of the ensemble (:func:`ensemble_error`) and of each member on x [B, ...],
+    y [B], from one pass of every member over x."""
+    _check_ensemble(models)
+    scores = [m.scores(x, mode) for m in models]
+    ensemble = models[0].decide(torch.stack(scores).mean(dim=0))
+    return (models[0].error_of(ensemble, y),
+            [m.error_of(m.decide(z), y) for m, z in zip(models, scores)])

@@ -194,10 +194,17 @@ def test_scores_and_ensemble_predict(output, sizes):
         assert torch.equal(bpk.ensemble_predict(nets[:1], x, mode), nets[0].predict(x, mode))
         # members disagree somewhere, so the ensemble is not one of them
         assert any(not torch.equal(got, net.predict(x, mode)) for net in nets)
-    with pytest.raises(ValueError, match="at least one model"):
-        bpk.ensemble_predict([], x)
-    with pytest.raises(ValueError, match="same outputs"):
-        bpk.ensemble_predict([nets[0], mlp([10, 8, 3], seed=0, dtype=F64)], x)
+        y = nets[0].predict(x, "pointwise")  # labels of the networks' own kind
+        error, members = bpk.ensemble_errors(nets, x, y, mode)
+        assert error == bpk.ensemble_error(nets, x, y, mode) == nets[0].error_of(got, y)
+        assert members == [net.error(x, y, mode) for net in nets]
+    mismatched = [nets[0], mlp([10, 8, 3], seed=0, dtype=F64)]
+    for ensemble in (bpk.ensemble_predict, bpk.ensemble_error, bpk.ensemble_errors):
+        args = (x,) if ensemble is bpk.ensemble_predict else (x, nets[0].predict(x))
+        with pytest.raises(ValueError, match="at least one model"):
+            ensemble([], *args)
+        with pytest.raises(ValueError, match="same outputs"):
+            ensemble(mismatched, *args)
 
 
 def test_masked_weights_stay_zero_through_training():
