@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from benchmarks.common import device_name, git_commit  # noqa: E402
 from bpkernels import data as datasets  # noqa: E402
 from bpkernels.baselines import train_baseline  # noqa: E402
-from bpkernels import ensemble_error  # noqa: E402
+from bpkernels import ensemble_error, ensemble_errors  # noqa: E402
 from bpkernels.runlog import CHECKPOINT  # noqa: E402
 from bpkernels.train import fit, load_model  # noqa: E402
 
@@ -140,13 +140,13 @@ def final_networks(run_dirs: list[str], data, device, average: bool = False) -> 
     """The final networks of message-passing runs (their checkpoints; ``average``: their
     posterior averages), on the test set: each one's Bayesian error, and the point-wise and
     Bayesian errors of their ensemble (the mean of the members' output scores,
-    :func:`bpkernels.ensemble_error`), as fractions."""
+    :func:`bpkernels.ensemble_errors`), as fractions."""
     models = [load_model(os.path.join(run_dir, CHECKPOINT), device, average=average)[0]
               for run_dir in run_dirs]
     x, y = data.test_x.to(device), data.test_y.to(device)
-    return {"bayes": [m.error(x, y, "bayes") for m in models],
-            "ensemble_pointwise": ensemble_error(models, x, y, "pointwise"),
-            "ensemble_bayes": ensemble_error(models, x, y, "bayes")}
+    ensemble_bayes, bayes = ensemble_errors(models, x, y, "bayes")
+    return {"bayes": bayes, "ensemble_pointwise": ensemble_error(models, x, y, "pointwise"),
+            "ensemble_bayes": ensemble_bayes}
 
 
 def keep_log(args, run_dir: str, name: str) -> None:
