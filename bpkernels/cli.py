@@ -19,8 +19,6 @@ from .runlog import plot_errors
 from .sequential import algo_name, ensemble_error, ensemble_errors
 from .train import Ramp, evaluate, fit, load_model
 
-MP_METHODS = ("bp",)  # message passing; the variant is --algo
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -280,15 +278,15 @@ def is_message_passing(method: str) -> bool:
 
 
 def cmd_train(args) -> int:
-    refuse_unread_options(args, message_passing=args.method == "bp",
-                          gradient=args.method != "bp",
-                          methods="message passing" if args.method == "bp" else f"--method {args.method}")
+    message_passing = args.method == "bp"
+    refuse_unread_options(args, message_passing=message_passing, gradient=not message_passing,
+                          methods="message passing" if message_passing
+                          else f"--method {args.method}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = init_from_environment(resolve_device(args.device))
     data = load_data(args)
     check_batch_size(args, data.train_x.shape[0])
-    message_passing = args.method == "bp"
     method = (args.algo if isinstance(args.algo, str) else algo_name(args.algo)) \
         if message_passing else args.method
     run_dir = args.run_dir or default_run_dir(method)

@@ -343,11 +343,17 @@ class BPSequential(nn.Module):
 
 
 def _check_ensemble(models: list[BPSequential]) -> None:
+    """Refuses an empty ensemble and one whose members have different outputs."""
     if not models:
         raise ValueError("an ensemble needs at least one model")
     outputs = {(m.bp_layers[-1].output, m.num_classes) for m in models}
     if len(outputs) > 1:
         raise ValueError(f"the models of an ensemble must have the same outputs, got {sorted(outputs, key=str)}")
+
+
+def _decide_on_mean(models: list[BPSequential], scores: list[Tensor]) -> Tensor:
+    """The ensemble's decision [B] on the mean of its members' scores (each [B, K])."""
+    return models[0].decide(torch.stack(scores).mean(dim=0))
 
 
 @torch.no_grad()
@@ -356,7 +362,7 @@ def ensemble_predict(models: list[BPSequential], x: Tensor, mode: str = "bayes")
     [B]: the decision on the mean of their :meth:`BPSequential.scores`. In Bayesian mode this
     averages the predictive means x̂ of every network's posterior, a mixture of posteriors."""
     _check_ensemble(models)
-    return models[0].decide(torch.stack([m.scores(x, mode) for m in models]).mean(dim=0))
+    return _decide_on_mean(models, [m.scores(x, mode) for m in models])
 
 
 def ensemble_error(models: list[BPSequential], x: Tensor, y: Tensor, mode: str = "bayes") -> float:
@@ -373,6 +379,5 @@ def ensemble_errors(models: list[BPSequential], x: Tensor, y: Tensor,
     y [B], from one pass of every member over x."""
     _check_ensemble(models)
     scores = [m.scores(x, mode) for m in models]
-    ensemble = models[0].decide(torch.stack(scores).mean(dim=0))
-    return (models[0].error_of(ensemble, y),
+    return (models[0].error_of(_decide_on_mean(models, scores), y),
             [m.error_of(m.decide(z), y) for m, z in zip(models, scores)])
