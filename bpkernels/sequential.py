@@ -368,8 +368,8 @@ def ensemble_predict(models: list[BPSequential], x: Tensor, mode: str = "bayes")
 def ensemble_error(models: list[BPSequential], x: Tensor, y: Tensor, mode: str = "bayes") -> float:
     """Fraction of samples that the ensemble's prediction (:func:`ensemble_predict`) misses; y
     as :meth:`BPSequential.bp_step` takes it."""
-    _check_ensemble(models)
-    return models[0].error_of(ensemble_predict(models, x, mode), y)
+    pred = ensemble_predict(models, x, mode)  # refuses an empty or mismatched ensemble
+    return models[0].error_of(pred, y)
 
 
 @torch.no_grad()
